@@ -1,0 +1,358 @@
+//! `affect`: the affect state machine. Events (the user starts talking, an intent is
+//! spotted, a task fails, ...) set a target emotion: an Ekman label plus a point on the
+//! valence/arousal plane, held for a while. The current point glides towards the target
+//! every frame, so expressions blend instead of snapping, and the label falls back to
+//! neutral when the hold runs out. Frame stats from `voice` are both an event source and
+//! the clock; the result goes to `face`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use crate::face::FaceHandle;
+use crate::slot::{ActorStats, CallError, Slot};
+use crate::voice::FrameStats;
+use crate::{CALL_TIMEOUT, FRAME_PERIOD};
+
+/// Ekman's basic emotions plus neutral: the labels the face has presets for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Emotion {
+    #[default]
+    Neutral,
+    Happy,
+    Sad,
+    Anger,
+    Fear,
+    Surprise,
+    Disgust,
+}
+
+impl Emotion {
+    pub const ALL: [Emotion; 7] = [
+        Emotion::Neutral,
+        Emotion::Happy,
+        Emotion::Sad,
+        Emotion::Anger,
+        Emotion::Fear,
+        Emotion::Surprise,
+        Emotion::Disgust,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Emotion::Neutral => "neutral",
+            Emotion::Happy => "happy",
+            Emotion::Sad => "sad",
+            Emotion::Anger => "anger",
+            Emotion::Fear => "fear",
+            Emotion::Surprise => "surprise",
+            Emotion::Disgust => "disgust",
+        }
+    }
+
+    /// Where the label sits on the valence/arousal plane (Russell's circumplex).
+    pub fn preset(self) -> (f32, f32) {
+        match self {
+            Emotion::Neutral => (0.0, 0.0),
+            Emotion::Happy => (0.75, 0.5),
+            Emotion::Sad => (-0.65, -0.4),
+            Emotion::Anger => (-0.6, 0.75),
+            Emotion::Fear => (-0.7, 0.65),
+            Emotion::Surprise => (0.2, 0.85),
+            Emotion::Disgust => (-0.7, 0.25),
+        }
+    }
+}
+
+/// Things that happen to the creature and move its affect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffectEvent {
+    UserSpeaking,
+    AgentSpeaking,
+    BargeIn,
+    IntentDetected,
+    TaskStarted,
+    TaskSucceeded,
+    TaskFailed,
+    LongIdle,
+}
+
+/// The response to an event: a label, a target point, how long to hold it, and a priority
+/// (a held response is only replaced by one of equal or higher priority).
+#[derive(Debug, Clone, Copy)]
+struct Response {
+    emotion: Emotion,
+    valence: f32,
+    arousal: f32,
+    hold: Duration,
+    priority: u8,
+}
+
+fn response(event: AffectEvent) -> Response {
+    let r = |emotion, valence, arousal, hold_ms, priority| Response {
+        emotion,
+        valence,
+        arousal,
+        hold: Duration::from_millis(hold_ms),
+        priority,
+    };
+    match event {
+        // Attentive: a little brighter and more awake, label unchanged from neutral.
+        AffectEvent::UserSpeaking => r(Emotion::Neutral, 0.15, 0.35, 1_500, 1),
+        AffectEvent::AgentSpeaking => r(Emotion::Happy, 0.35, 0.3, 1_200, 1),
+        AffectEvent::BargeIn => r(Emotion::Surprise, 0.05, 0.65, 1_200, 2),
+        // Excited at having something to do.
+        AffectEvent::IntentDetected => r(Emotion::Happy, 0.6, 0.75, 2_000, 3),
+        // Focused: engaged and alert.
+        AffectEvent::TaskStarted => r(Emotion::Happy, 0.45, 0.65, 2_500, 3),
+        AffectEvent::TaskSucceeded => r(Emotion::Happy, 0.85, 0.6, 4_000, 4),
+        AffectEvent::TaskFailed => r(Emotion::Sad, -0.65, -0.35, 4_000, 4),
+        // Sleepy: low arousal until something happens.
+        AffectEvent::LongIdle => r(Emotion::Neutral, -0.1, -0.6, 3_600_000, 0),
+    }
+}
+
+/// Affect settings (from `[affect]` in the config file).
+#[derive(Debug, Clone)]
+pub struct AffectConfig {
+    /// No speech from either side for this long is a long idle.
+    pub idle_after: Duration,
+    /// Fraction of the way to the target covered each frame (0..1).
+    pub glide: f32,
+}
+
+impl Default for AffectConfig {
+    fn default() -> Self {
+        AffectConfig { idle_after: Duration::from_secs(20), glide: 0.18 }
+    }
+}
+
+/// The affect state as the API and the face see it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Mood {
+    pub emotion: Emotion,
+    pub valence: f32,
+    pub arousal: f32,
+}
+
+#[derive(Debug)]
+pub enum AffectMsg {
+    /// Stats of one voice frame (also the state machine's clock).
+    Frame(FrameStats),
+    Event(AffectEvent),
+    Snapshot(RpcReplyPort<serde_json::Value>),
+    #[cfg(feature = "fault-injection")]
+    Crash,
+}
+
+#[derive(Clone, Debug)]
+pub struct AffectHandle {
+    slot: Slot<AffectMsg>,
+}
+
+impl AffectHandle {
+    pub(crate) fn new(slot: Slot<AffectMsg>) -> Self {
+        AffectHandle { slot }
+    }
+
+    pub fn frame(&self, stats: FrameStats) {
+        self.slot.cast(AffectMsg::Frame(stats));
+    }
+
+    pub fn event(&self, event: AffectEvent) {
+        self.slot.cast(AffectMsg::Event(event));
+    }
+
+    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
+        self.slot.call(AffectMsg::Snapshot, CALL_TIMEOUT).await
+    }
+
+    pub fn stats(&self) -> &Arc<ActorStats> {
+        self.slot.stats()
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub fn crash(&self) {
+        self.slot.cast(AffectMsg::Crash);
+    }
+}
+
+#[derive(Clone)]
+pub struct Affect {
+    pub(crate) config: AffectConfig,
+    pub(crate) face: FaceHandle,
+    pub(crate) stats: Arc<ActorStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct EventRecord {
+    event: AffectEvent,
+    tick: u64,
+    emotion: Emotion,
+    /// False when a stronger held response kept this one from taking over.
+    applied: bool,
+}
+
+pub struct AffectState {
+    mood: Mood,
+    target: Response,
+    /// Tick until which `target` holds.
+    hold_until: u64,
+    tick: u64,
+    last_activity: u64,
+    idle: bool,
+    user_active: bool,
+    agent_speaking: bool,
+    published: Option<Mood>,
+    events: u64,
+    recent: VecDeque<EventRecord>,
+}
+
+const RECENT: usize = 24;
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / FRAME_PERIOD.as_millis()) as u64
+}
+
+impl Affect {
+    fn apply(&self, state: &mut AffectState, event: AffectEvent) {
+        state.events += 1;
+        let r = response(event);
+        let held = state.tick < state.hold_until;
+        let applied = !held || r.priority >= state.target.priority;
+        if applied {
+            state.target = r;
+            state.hold_until = state.tick + ticks(r.hold).max(1);
+            state.mood.emotion = r.emotion;
+        }
+        if state.recent.len() == RECENT {
+            state.recent.pop_front();
+        }
+        state.recent.push_back(EventRecord { event, tick: state.tick, emotion: r.emotion, applied });
+    }
+
+    fn on_frame(&self, state: &mut AffectState, stats: &FrameStats) {
+        state.tick = stats.tick;
+        if stats.user_active && !state.user_active {
+            self.apply(state, AffectEvent::UserSpeaking);
+        }
+        if stats.agent_speaking && !state.agent_speaking {
+            self.apply(state, AffectEvent::AgentSpeaking);
+        }
+        if stats.barge_in {
+            self.apply(state, AffectEvent::BargeIn);
+        }
+        state.user_active = stats.user_active;
+        state.agent_speaking = stats.agent_speaking;
+        if stats.user_active || stats.agent_speaking {
+            state.last_activity = stats.tick;
+            if state.idle {
+                state.idle = false;
+                // Waking up ends the sleepy hold at once.
+                state.hold_until = state.tick;
+            }
+        } else if !state.idle && stats.tick.saturating_sub(state.last_activity) >= ticks(self.config.idle_after) {
+            state.idle = true;
+            self.apply(state, AffectEvent::LongIdle);
+        }
+        if state.tick >= state.hold_until {
+            state.target = Response {
+                emotion: Emotion::Neutral,
+                valence: 0.0,
+                arousal: 0.0,
+                hold: Duration::ZERO,
+                priority: 0,
+            };
+            state.mood.emotion = Emotion::Neutral;
+        }
+        let g = self.config.glide.clamp(0.0, 1.0);
+        state.mood.valence += (state.target.valence - state.mood.valence) * g;
+        state.mood.arousal += (state.target.arousal - state.mood.arousal) * g;
+        self.publish(state);
+    }
+
+    fn publish(&self, state: &mut AffectState) {
+        let mood = state.mood;
+        let changed = match state.published {
+            None => true,
+            Some(p) => {
+                p.emotion != mood.emotion
+                    || (p.valence - mood.valence).abs() > 0.005
+                    || (p.arousal - mood.arousal).abs() > 0.005
+            }
+        };
+        if changed {
+            self.face.mood(mood);
+            state.published = Some(mood);
+        }
+    }
+}
+
+impl Actor for Affect {
+    type Msg = AffectMsg;
+    type State = AffectState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<AffectMsg>, _: ()) -> Result<AffectState, ActorProcessingErr> {
+        Ok(AffectState {
+            mood: Mood { emotion: Emotion::Neutral, valence: 0.0, arousal: 0.0 },
+            target: Response {
+                emotion: Emotion::Neutral,
+                valence: 0.0,
+                arousal: 0.0,
+                hold: Duration::ZERO,
+                priority: 0,
+            },
+            hold_until: 0,
+            tick: 0,
+            last_activity: 0,
+            idle: false,
+            user_active: false,
+            agent_speaking: false,
+            published: None,
+            events: 0,
+            recent: VecDeque::with_capacity(RECENT),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AffectMsg>,
+        msg: AffectMsg,
+        state: &mut AffectState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AffectMsg::Frame(stats) => self.on_frame(state, &stats),
+            AffectMsg::Event(event) => {
+                self.apply(state, event);
+                self.publish(state);
+            }
+            AffectMsg::Snapshot(reply) => {
+                let _ = reply.send(serde_json::json!({
+                    "emotion": state.mood.emotion,
+                    "valence": state.mood.valence,
+                    "arousal": state.mood.arousal,
+                    "target": {
+                        "emotion": state.target.emotion,
+                        "valence": state.target.valence,
+                        "arousal": state.target.arousal,
+                        "priority": state.target.priority,
+                    },
+                    "hold_ticks_left": state.hold_until.saturating_sub(state.tick),
+                    "idle": state.idle,
+                    "events": state.events,
+                    "recent_events": state.recent,
+                }));
+            }
+            #[cfg(feature = "fault-injection")]
+            AffectMsg::Crash => panic!("injected fault in affect"),
+        }
+        self.stats.mark_handled();
+        Ok(())
+    }
+}

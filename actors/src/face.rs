@@ -1,0 +1,311 @@
+//! `face`: merges the latest mouth (agent loudness), viseme, affect and speaking into one
+//! [`FaceFrame`] per voice frame and publishes it to every connected phone. Fan-out is
+//! latest-value (a `watch` channel): a slow or stalled phone simply misses frames, and
+//! nobody, least of all the voice loop, waits for it. Each frame is serialized once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::affect::{Emotion, Mood};
+use crate::audio::dbfs;
+use crate::clock::TickClock;
+use crate::slot::{ActorStats, CallError, Slot};
+use crate::voice::FrameStats;
+use crate::CALL_TIMEOUT;
+
+/// Mouth shapes, a reduced Preston Blair set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Viseme {
+    #[serde(rename = "rest")]
+    Rest,
+    /// Open: a, i as in "high".
+    A,
+    /// Spread: e.
+    E,
+    /// Narrow spread: i, y.
+    I,
+    /// Rounded open: o.
+    O,
+    /// Rounded closed: u, w, q.
+    U,
+    /// Lips together: m, b, p.
+    #[serde(rename = "MBP")]
+    Mbp,
+    /// Lip on teeth: f, v.
+    #[serde(rename = "FV")]
+    Fv,
+    /// Tongue up: l, t, d, n, th.
+    L,
+    /// Other consonants: slightly open, teeth together.
+    #[serde(rename = "etc")]
+    Etc,
+}
+
+impl Viseme {
+    fn of_letter(c: char) -> Option<Viseme> {
+        Some(match c.to_ascii_lowercase() {
+            'a' => Viseme::A,
+            'e' => Viseme::E,
+            'i' | 'y' => Viseme::I,
+            'o' => Viseme::O,
+            'u' | 'w' | 'q' => Viseme::U,
+            'm' | 'b' | 'p' => Viseme::Mbp,
+            'f' | 'v' => Viseme::Fv,
+            'l' | 't' | 'd' | 'n' => Viseme::L,
+            c if c.is_ascii_alphabetic() => Viseme::Etc,
+            _ => return None,
+        })
+    }
+
+    /// The shapes of a spoken piece, repeated letters merged ("hello" -> L E L O).
+    pub fn sequence(text: &str) -> Vec<Viseme> {
+        let mut out: Vec<Viseme> = Vec::new();
+        for v in text.chars().filter_map(Viseme::of_letter) {
+            if out.last() != Some(&v) {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
+/// The message every phone face receives, 12.5 times a second
+/// (`schemas/face_frame.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaceFrame {
+    pub seq: u64,
+    /// Milliseconds since the brain started.
+    pub t_ms: u64,
+    pub emotion: Emotion,
+    /// Mouth openness 0..1 from the agent's voice loudness.
+    pub mouth: f32,
+    pub speaking: bool,
+    /// The user is talking (the face nods along instead of talking).
+    pub listening: bool,
+    pub valence: f32,
+    pub arousal: f32,
+    pub viseme: Viseme,
+}
+
+/// A frame plus its JSON text, serialized once for every socket.
+#[derive(Debug, Clone)]
+pub struct FaceUpdate {
+    pub frame: FaceFrame,
+    pub json: Arc<str>,
+}
+
+impl FaceUpdate {
+    fn new(frame: FaceFrame) -> Self {
+        let json = serde_json::to_string(&frame).unwrap_or_else(|_| "{}".into());
+        FaceUpdate { frame, json: json.into() }
+    }
+}
+
+/// Where face frames are published; lives outside the actor so sockets survive its restarts.
+pub type FaceOutlet = Arc<watch::Sender<Arc<FaceUpdate>>>;
+
+pub fn face_outlet() -> FaceOutlet {
+    Arc::new(watch::channel(Arc::new(FaceUpdate::new(idle_frame(0, 0)))).0)
+}
+
+fn idle_frame(seq: u64, t_ms: u64) -> FaceFrame {
+    FaceFrame {
+        seq,
+        t_ms,
+        emotion: Emotion::Neutral,
+        mouth: 0.0,
+        speaking: false,
+        listening: false,
+        valence: 0.0,
+        arousal: 0.0,
+        viseme: Viseme::Rest,
+    }
+}
+
+/// Face settings (from `[face]` in the config file).
+#[derive(Debug, Clone)]
+pub struct FaceConfig {
+    /// Agent loudness at which the mouth starts to open.
+    pub mouth_floor_dbfs: f32,
+    /// Agent loudness at which the mouth is fully open.
+    pub mouth_ceil_dbfs: f32,
+    /// Smoothing towards a more open mouth (0..1 of the way per frame).
+    pub mouth_attack: f32,
+    /// Smoothing towards a more closed mouth.
+    pub mouth_release: f32,
+}
+
+impl Default for FaceConfig {
+    fn default() -> Self {
+        FaceConfig { mouth_floor_dbfs: -48.0, mouth_ceil_dbfs: -14.0, mouth_attack: 0.7, mouth_release: 0.45 }
+    }
+}
+
+#[derive(Debug)]
+pub enum FaceMsg {
+    /// Stats of one voice frame: publish a face frame.
+    Frame(FrameStats),
+    /// The affect state changed.
+    Mood(Mood),
+    Snapshot(RpcReplyPort<serde_json::Value>),
+    #[cfg(feature = "fault-injection")]
+    Crash,
+}
+
+#[derive(Clone, Debug)]
+pub struct FaceHandle {
+    slot: Slot<FaceMsg>,
+    outlet: FaceOutlet,
+}
+
+impl FaceHandle {
+    pub(crate) fn new(slot: Slot<FaceMsg>, outlet: FaceOutlet) -> Self {
+        FaceHandle { slot, outlet }
+    }
+
+    pub fn frame(&self, stats: FrameStats) {
+        self.slot.cast(FaceMsg::Frame(stats));
+    }
+
+    pub fn mood(&self, mood: Mood) {
+        self.slot.cast(FaceMsg::Mood(mood));
+    }
+
+    /// A receiver of face frames; it always holds the newest one.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FaceUpdate>> {
+        self.outlet.subscribe()
+    }
+
+    /// Phones (and other subscribers) connected right now.
+    pub fn subscribers(&self) -> usize {
+        self.outlet.receiver_count()
+    }
+
+    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
+        self.slot.call(FaceMsg::Snapshot, CALL_TIMEOUT).await
+    }
+
+    pub fn stats(&self) -> &Arc<ActorStats> {
+        self.slot.stats()
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub fn crash(&self) {
+        self.slot.cast(FaceMsg::Crash);
+    }
+}
+
+#[derive(Clone)]
+pub struct Face {
+    pub(crate) config: FaceConfig,
+    pub(crate) clock: TickClock,
+    pub(crate) outlet: FaceOutlet,
+    pub(crate) stats: Arc<ActorStats>,
+}
+
+pub struct FaceState {
+    seq: u64,
+    mouth: f32,
+    mood: Mood,
+    visemes: VecDeque<Viseme>,
+    last: FaceFrame,
+    published: u64,
+}
+
+impl Face {
+    fn mouth_target(&self, rms: f32) -> f32 {
+        let span = (self.config.mouth_ceil_dbfs - self.config.mouth_floor_dbfs).max(1.0);
+        ((dbfs(rms) - self.config.mouth_floor_dbfs) / span).clamp(0.0, 1.0)
+    }
+
+    fn on_frame(&self, state: &mut FaceState, stats: FrameStats) {
+        let target = self.mouth_target(stats.agent_rms);
+        let k = if target > state.mouth { self.config.mouth_attack } else { self.config.mouth_release };
+        state.mouth += (target - state.mouth) * k.clamp(0.0, 1.0);
+        if state.mouth < 0.005 {
+            state.mouth = 0.0;
+        }
+        if let Some(piece) = &stats.piece {
+            state.visemes = Viseme::sequence(piece).into();
+        }
+        let viseme = if state.mouth < 0.05 {
+            Viseme::Rest
+        } else {
+            state.visemes.pop_front().unwrap_or(if state.mouth > 0.5 { Viseme::A } else { Viseme::Etc })
+        };
+        state.seq += 1;
+        let frame = FaceFrame {
+            seq: state.seq,
+            t_ms: self.clock.elapsed_ms(Instant::now()),
+            emotion: state.mood.emotion,
+            mouth: (state.mouth * 1000.0).round() / 1000.0,
+            speaking: stats.agent_speaking,
+            listening: stats.user_active,
+            valence: (state.mood.valence * 1000.0).round() / 1000.0,
+            arousal: (state.mood.arousal * 1000.0).round() / 1000.0,
+            viseme,
+        };
+        state.last = frame.clone();
+        state.published += 1;
+        self.outlet.send_replace(Arc::new(FaceUpdate::new(frame)));
+    }
+}
+
+impl Actor for Face {
+    type Msg = FaceMsg;
+    type State = FaceState;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<FaceMsg>, _: ()) -> Result<FaceState, ActorProcessingErr> {
+        // Continue the sequence of a previous incarnation, so phones see no jump backwards.
+        let last = self.outlet.borrow().frame.clone();
+        Ok(FaceState {
+            seq: last.seq,
+            mouth: 0.0,
+            mood: Mood { emotion: last.emotion, valence: last.valence, arousal: last.arousal },
+            visemes: VecDeque::new(),
+            last,
+            published: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<FaceMsg>,
+        msg: FaceMsg,
+        state: &mut FaceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FaceMsg::Frame(stats) => self.on_frame(state, stats),
+            FaceMsg::Mood(mood) => state.mood = mood,
+            FaceMsg::Snapshot(reply) => {
+                let _ = reply.send(serde_json::json!({
+                    "last_frame": state.last,
+                    "published": state.published,
+                    "subscribers": self.outlet.receiver_count(),
+                }));
+            }
+            #[cfg(feature = "fault-injection")]
+            FaceMsg::Crash => panic!("injected fault in face"),
+        }
+        self.stats.mark_handled();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visemes_follow_letters_and_merge_repeats() {
+        assert_eq!(Viseme::sequence(" hello"), [Viseme::Etc, Viseme::E, Viseme::L, Viseme::O]);
+        assert_eq!(Viseme::sequence("mom!"), [Viseme::Mbp, Viseme::O, Viseme::Mbp]);
+        assert!(Viseme::sequence(" ,.").is_empty());
+    }
+}

@@ -1,0 +1,47 @@
+//! The creature's actors: a fast voice loop and the slower actors it feeds, joined only by
+//! messages. This crate is pure orchestration; the service (`creature`) supplies the real
+//! model, planner and store behind the ports defined here.
+//!
+//! # Layout
+//!
+//! - [`ports`]: the traits this crate needs from the outside world ([`VoiceModel`],
+//!   [`Planner`], [`TaskStore`]) and the plain data that crosses them.
+//! - [`brain`]: the root supervisor. It starts the six children, restarts a failed one
+//!   (one-for-one, with a restart-intensity limit) and hands out a [`Brain`] handle.
+//! - [`voice`]: the fast loop, ticking every 80 ms on absolute deadlines; model compute runs
+//!   on the dedicated thread in [`worker`].
+//! - [`monologue`]: the inner-monologue watcher; [`intent`] holds its phrase grammar.
+//! - [`reasoner`]: the slow loop that turns intents into `do_physical_task` tool calls;
+//!   [`rules`] is its embedded planner.
+//! - [`tasks`]: the durable task ledger and the task lifecycle.
+//! - [`affect`]: the affect state machine (Ekman label plus a valence/arousal point).
+//! - [`face`]: merges mouth, affect and speaking into one message for every phone face.
+//! - [`slot`]: the restart-proof address every handle uses, and the per-actor counters.
+//! - [`clock`], [`histogram`], [`audio`]: tick deadlines, lock-free latency histograms, and
+//!   the bounded audio plumbing around the fast loop.
+
+pub mod affect;
+pub mod audio;
+pub mod brain;
+pub mod clock;
+pub mod face;
+pub mod histogram;
+pub mod intent;
+pub mod monologue;
+pub mod ports;
+pub mod reasoner;
+pub mod rules;
+pub mod slot;
+pub mod tasks;
+pub mod voice;
+pub mod worker;
+
+pub use brain::{BrainConfig, BrainError, BrainHandle, BrainPorts, Child};
+pub use ports::{
+    Planner, PlannerError, StepOutput, StoreError, TaskStore, VoiceError, VoiceModel,
+    FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE,
+};
+
+/// How long a request/response call to an actor may take before the caller gives up.
+/// Actors answer from memory, so anything slower means the actor is wedged or restarting.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_000);

@@ -1,0 +1,17 @@
+//! Ports: what the actors need from the outside world, as traits, plus the plain data that
+//! crosses them. The service implements these with real dependencies (candle, an LLM client,
+//! sled); the actors' own tests use the small in-memory implementations found here.
+
+mod planner;
+mod store;
+mod voice;
+
+pub use planner::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
+pub use store::{
+    now_ms, MemoryTaskStore, PlanStep, StoreError, Task, TaskEvent, TaskSource, TaskState,
+    TaskStore,
+};
+pub use voice::{
+    StepOutput, VoiceError, VoiceModel, FRAME_PERIOD, FRAME_SAMPLES,
+    SAMPLE_RATE,
+};

@@ -1,0 +1,578 @@
+//! `voice`: the fast loop. Every 80 ms, on an absolute deadline, it takes one frame of the
+//! user's audio, hands it to the model thread, and fans the result out: agent audio to the
+//! speakers and phones, the monologue piece to `monologue`, frame stats to `face` and
+//! `affect`. It only ever casts; it never awaits another actor, the disk or the network.
+//!
+//! Overrun policy: user audio is taken in on the tick grid; the model computes as fast as
+//! it can. When the previous step is still running at a deadline, the tick counts as an
+//! overrun and its frame waits in a backlog of at most `backlog_frames` frames (then the
+//! oldest is dropped and counted), and the model catches up with back-to-back steps. So a
+//! slow model costs bounded latency, never a drifting clock or a growing queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::affect::AffectHandle;
+use crate::audio::{rms, AgentFrame, AudioInbox, EnergyVad};
+use crate::clock::TickClock;
+use crate::face::FaceHandle;
+use crate::histogram::{LatencyHistogram, Percentiles};
+use crate::monologue::MonologueHandle;
+use crate::slot::{ActorStats, CallError, Slot};
+use crate::worker::{ModelWorker, StepDone, StepRequest};
+use crate::{CALL_TIMEOUT, FRAME_PERIOD, FRAME_SAMPLES};
+
+/// A piece of the inner monologue, as the model emitted it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextPiece {
+    /// The tick whose step produced it.
+    pub tick: u64,
+    pub text: Arc<str>,
+}
+
+/// What one step sounded like, for the face and the affect state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameStats {
+    pub tick: u64,
+    /// RMS of the agent's frame (0..1).
+    pub agent_rms: f32,
+    /// RMS of the user's frame (0..1).
+    pub user_rms: f32,
+    pub agent_speaking: bool,
+    pub user_active: bool,
+    /// The user started talking while the agent was talking.
+    pub barge_in: bool,
+    /// The monologue piece of this step, if any (the face shapes visemes from it).
+    pub piece: Option<Arc<str>>,
+}
+
+/// Voice loop settings (from `[voice]` in the config file).
+#[derive(Debug, Clone)]
+pub struct VoiceConfig {
+    /// User audio louder than this counts as voice activity.
+    pub user_vad_dbfs: f32,
+    /// Agent audio louder than this counts as the agent speaking.
+    pub agent_speaking_dbfs: f32,
+    /// Frames of quiet before activity ends.
+    pub vad_hangover_frames: u32,
+    /// Most user frames that may wait for a busy model.
+    pub backlog_frames: usize,
+}
+
+impl Default for VoiceConfig {
+    fn default() -> Self {
+        VoiceConfig {
+            user_vad_dbfs: -42.0,
+            agent_speaking_dbfs: -45.0,
+            vad_hangover_frames: 3,
+            backlog_frames: 3,
+        }
+    }
+}
+
+/// Counters and histograms of the fast loop. They live outside the actor, so they survive
+/// its restarts and anyone can read them without sending the loop a message.
+#[derive(Debug, Default)]
+pub struct VoiceMetrics {
+    pub ticks: AtomicU64,
+    /// The first tick number not yet fired; a restarted ticker resumes from here.
+    next_tick: AtomicU64,
+    /// Ticks at which the previous step was still computing.
+    pub overruns: AtomicU64,
+    /// Deadlines that passed with no tick at all (the ticker woke a whole period late).
+    pub missed_ticks: AtomicU64,
+    /// User frames dropped from a full backlog.
+    pub dropped_frames: AtomicU64,
+    pub steps: AtomicU64,
+    pub step_errors: AtomicU64,
+    /// Results that arrived for a step this incarnation did not send (sent before a restart).
+    pub orphan_steps: AtomicU64,
+    pub text_pieces: AtomicU64,
+    pub barge_ins: AtomicU64,
+    pub speaking: AtomicBool,
+    pub user_active: AtomicBool,
+    /// Actual minus scheduled tick start.
+    pub jitter: LatencyHistogram,
+    /// Time between consecutive tick starts (80 ms when healthy).
+    pub interval: LatencyHistogram,
+    /// Model step wall time.
+    pub compute: LatencyHistogram,
+    /// Loop work per tick, model compute excluded.
+    pub overhead: LatencyHistogram,
+    /// User frame taken in -> agent frame out (includes any backlog wait).
+    pub step_latency: LatencyHistogram,
+    last_error: Mutex<Option<String>>,
+    model_status: Mutex<serde_json::Value>,
+}
+
+/// The voice loop as `/api/state` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceReport {
+    pub backend: &'static str,
+    pub accepts_text: bool,
+    pub ticks: u64,
+    pub steps: u64,
+    pub overruns: u64,
+    pub missed_ticks: u64,
+    pub dropped_frames: u64,
+    pub step_errors: u64,
+    pub orphan_steps: u64,
+    pub text_pieces: u64,
+    pub barge_ins: u64,
+    pub speaking: bool,
+    pub user_active: bool,
+    pub jitter_ms: Percentiles,
+    pub interval_ms: Percentiles,
+    pub compute_ms: Percentiles,
+    pub overhead_ms: Percentiles,
+    pub step_latency_ms: Percentiles,
+    /// Compute time over the 80 ms frame: above 1 the model is slower than real time.
+    pub real_time_factor: RealTimeFactor,
+    pub last_error: Option<String>,
+    /// Backend-specific status (connection, context used, ...).
+    pub model: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RealTimeFactor {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl VoiceMetrics {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set_last_error(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    fn set_model_status(&self, status: serde_json::Value) {
+        if let Ok(mut s) = self.model_status.lock() {
+            *s = status;
+        }
+    }
+
+    pub fn report(&self, backend: &'static str, accepts_text: bool) -> VoiceReport {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let compute = self.compute.percentiles();
+        let frame_ms = FRAME_PERIOD.as_secs_f64() * 1000.0;
+        VoiceReport {
+            backend,
+            accepts_text,
+            ticks: load(&self.ticks),
+            steps: load(&self.steps),
+            overruns: load(&self.overruns),
+            missed_ticks: load(&self.missed_ticks),
+            dropped_frames: load(&self.dropped_frames),
+            step_errors: load(&self.step_errors),
+            orphan_steps: load(&self.orphan_steps),
+            text_pieces: load(&self.text_pieces),
+            barge_ins: load(&self.barge_ins),
+            speaking: self.speaking.load(Ordering::Relaxed),
+            user_active: self.user_active.load(Ordering::Relaxed),
+            jitter_ms: self.jitter.percentiles(),
+            interval_ms: self.interval.percentiles(),
+            compute_ms: compute,
+            overhead_ms: self.overhead.percentiles(),
+            step_latency_ms: self.step_latency.percentiles(),
+            real_time_factor: RealTimeFactor {
+                p50: compute.p50_ms / frame_ms,
+                p99: compute.p99_ms / frame_ms,
+                max: compute.max_ms / frame_ms,
+            },
+            last_error: self.last_error(),
+            model: self.model_status.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Messages of the voice actor.
+#[derive(Debug)]
+pub enum VoiceMsg {
+    /// Tick `n` is due (from the ticker).
+    Tick { n: u64 },
+    /// The model thread finished a step.
+    StepDone(Box<StepDone>),
+    /// The user typed `text` (heard by backends that accept text).
+    Hear { text: String },
+    /// Reply with the loop's state.
+    Snapshot(RpcReplyPort<serde_json::Value>),
+    /// Test-only: panic inside the actor.
+    #[cfg(feature = "fault-injection")]
+    Crash,
+}
+
+/// Why typed text was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HearError {
+    #[error("the {0} backend hears audio only; send audio to /ws/audio instead")]
+    AudioOnly(&'static str),
+    #[error("text is empty")]
+    Empty,
+    #[error("text is longer than {0} characters")]
+    TooLong(usize),
+    #[error("the voice loop is restarting; try again")]
+    NotRunning,
+}
+
+/// The handle callers use to reach the voice loop.
+#[derive(Clone, Debug)]
+pub struct VoiceHandle {
+    slot: Slot<VoiceMsg>,
+    backend: &'static str,
+    accepts_text: bool,
+    metrics: Arc<VoiceMetrics>,
+}
+
+impl VoiceHandle {
+    /// Longest typed utterance accepted.
+    pub const MAX_TEXT: usize = 500;
+
+    pub(crate) fn new(
+        slot: Slot<VoiceMsg>,
+        backend: &'static str,
+        accepts_text: bool,
+        metrics: Arc<VoiceMetrics>,
+    ) -> Self {
+        VoiceHandle { slot, backend, accepts_text, metrics }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    pub fn stats(&self) -> &Arc<ActorStats> {
+        self.slot.stats()
+    }
+
+    pub fn metrics(&self) -> &Arc<VoiceMetrics> {
+        &self.metrics
+    }
+
+    pub fn report(&self) -> VoiceReport {
+        self.metrics.report(self.backend, self.accepts_text)
+    }
+
+    /// The user says `text`.
+    pub fn hear(&self, text: &str) -> Result<(), HearError> {
+        if !self.accepts_text {
+            return Err(HearError::AudioOnly(self.backend));
+        }
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(HearError::Empty);
+        }
+        if text.chars().count() > Self::MAX_TEXT {
+            return Err(HearError::TooLong(Self::MAX_TEXT));
+        }
+        if self.slot.cast(VoiceMsg::Hear { text: text.to_string() }) {
+            Ok(())
+        } else {
+            Err(HearError::NotRunning)
+        }
+    }
+
+    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
+        self.slot.call(VoiceMsg::Snapshot, CALL_TIMEOUT).await
+    }
+
+    pub(crate) fn step_done(&self, done: StepDone) {
+        if !self.slot.cast(VoiceMsg::StepDone(Box::new(done))) {
+            tracing::warn!("voice step result lost: the voice actor is restarting");
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub fn crash(&self) {
+        self.slot.cast(VoiceMsg::Crash);
+    }
+}
+
+/// The voice actor: read-only wiring; all mutable state is in [`VoiceState`].
+#[derive(Clone)]
+pub struct Voice {
+    pub(crate) config: VoiceConfig,
+    pub(crate) clock: TickClock,
+    pub(crate) worker: Arc<ModelWorker>,
+    pub(crate) metrics: Arc<VoiceMetrics>,
+    pub(crate) stats: Arc<ActorStats>,
+    pub(crate) inbox: Arc<AudioInbox>,
+    pub(crate) audio_out: broadcast::Sender<AgentFrame>,
+    pub(crate) monologue: MonologueHandle,
+    pub(crate) face: FaceHandle,
+    pub(crate) affect: AffectHandle,
+}
+
+/// A frame taken in on its tick, waiting for (or in) the model.
+#[derive(Debug)]
+struct UserFrame {
+    tick: u64,
+    samples: Vec<f32>,
+    user_rms: f32,
+    user_active: bool,
+    taken_at: Instant,
+    /// Loop time spent on this frame's tick, added to the step's own overhead.
+    intake_overhead: Duration,
+}
+
+pub struct VoiceState {
+    /// Aborts the ticker when this incarnation's state is dropped, however it ends.
+    _ticker: TickerGuard,
+    in_flight: Option<UserFrame>,
+    backlog: VecDeque<UserFrame>,
+    heard: Vec<String>,
+    last_tick_at: Option<Instant>,
+    user_vad: EnergyVad,
+    agent_vad: EnergyVad,
+    user_was_active: bool,
+    agent_was_speaking: bool,
+    /// Spent frame buffers, reused so the loop does not allocate per tick.
+    pool: Vec<Vec<f32>>,
+}
+
+/// Most typed utterances waiting for the next step.
+const MAX_HEARD: usize = 8;
+
+struct TickerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TickerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Cast `Tick { n }` at each absolute deadline. A wake-up so late that whole periods
+/// passed skips those ticks and counts them as missed, so the loop never bursts to catch up.
+///
+/// A new incarnation (after a restart) continues the grid where the last one stopped: if
+/// the most recent deadline has not been ticked yet, it fires at once, late, rather than
+/// leaving a hole of a whole period.
+async fn run_ticker(voice: ActorRef<VoiceMsg>, clock: TickClock, metrics: Arc<VoiceMetrics>) {
+    let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
+    let due = clock.due_at(Instant::now());
+    let mut n = due.max(next_unfired);
+    if next_unfired > 0 && due > next_unfired {
+        metrics.missed_ticks.fetch_add(due - next_unfired, Ordering::Relaxed);
+    }
+    loop {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(clock.deadline(n))).await;
+        if voice.cast(VoiceMsg::Tick { n }).is_err() {
+            return; // this incarnation is gone
+        }
+        metrics.next_tick.store(n + 1, Ordering::Relaxed);
+        let due = clock.due_at(Instant::now());
+        if due > n {
+            metrics.missed_ticks.fetch_add(due - n, Ordering::Relaxed);
+            n = due + 1;
+        } else {
+            n += 1;
+        }
+    }
+}
+
+impl Voice {
+    fn on_tick(&self, state: &mut VoiceState, n: u64) {
+        let started = Instant::now();
+        let m = &self.metrics;
+        m.ticks.fetch_add(1, Ordering::Relaxed);
+        m.jitter.record(started.saturating_duration_since(self.clock.deadline(n)));
+        if let Some(last) = state.last_tick_at {
+            m.interval.record(started.saturating_duration_since(last));
+        }
+        state.last_tick_at = Some(started);
+
+        let mut samples = state.pool.pop().unwrap_or_else(|| vec![0.0; FRAME_SAMPLES]);
+        samples.resize(FRAME_SAMPLES, 0.0);
+        self.inbox.pop_frame(&mut samples);
+        let user_rms = rms(&samples);
+        let user_active = state.user_vad.update(user_rms);
+        m.user_active.store(user_active, Ordering::Relaxed);
+        state.backlog.push_back(UserFrame {
+            tick: n,
+            samples,
+            user_rms,
+            user_active,
+            taken_at: started,
+            intake_overhead: Duration::ZERO,
+        });
+        if state.backlog.len() > self.config.backlog_frames.max(1) {
+            if let Some(old) = state.backlog.pop_front() {
+                m.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                state.pool.push(old.samples);
+            }
+        }
+        if state.in_flight.is_some() {
+            m.overruns.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.submit_next(state);
+        }
+        let spent = started.elapsed();
+        match (&mut state.in_flight, state.backlog.back_mut()) {
+            (_, Some(waiting)) if waiting.tick == n => waiting.intake_overhead = spent,
+            (Some(flying), _) if flying.tick == n => flying.intake_overhead = spent,
+            _ => m.overhead.record(spent),
+        }
+    }
+
+    fn submit_next(&self, state: &mut VoiceState) {
+        let Some(mut frame) = state.backlog.pop_front() else { return };
+        let req = StepRequest {
+            tick: frame.tick,
+            user: std::mem::take(&mut frame.samples),
+            heard: std::mem::take(&mut state.heard),
+        };
+        match self.worker.try_submit(req) {
+            Ok(()) => state.in_flight = Some(frame),
+            Err(mut req) => {
+                // The thread still holds a request from a previous incarnation: try again
+                // next tick, keeping the audio and the text.
+                state.heard = std::mem::take(&mut req.heard);
+                frame.samples = req.user;
+                state.backlog.push_front(frame);
+                self.metrics.overruns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn on_step_done(&self, state: &mut VoiceState, done: StepDone) {
+        let started = Instant::now();
+        let m = &self.metrics;
+        let frame = match state.in_flight.take() {
+            Some(f) if f.tick == done.tick => f,
+            other => {
+                // A result for a step the previous incarnation sent.
+                state.in_flight = other;
+                m.orphan_steps.fetch_add(1, Ordering::Relaxed);
+                state.pool.push(done.user);
+                return;
+            }
+        };
+        m.steps.fetch_add(1, Ordering::Relaxed);
+        m.compute.record(done.compute);
+        if let Some(error) = done.error {
+            m.step_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tick = done.tick, %error, "voice step error");
+            m.set_last_error(error);
+        }
+        if let Some(status) = done.status {
+            m.set_model_status(status);
+        }
+        state.pool.push(done.user);
+
+        let agent: AgentFrame = Arc::from(done.output.agent);
+        let agent_rms = rms(&agent);
+        // Nobody listening is fine; a lagging listener skips frames on its own side.
+        let _ = self.audio_out.send(agent);
+        let agent_speaking = state.agent_vad.update(agent_rms);
+        let user_onset = frame.user_active && !state.user_was_active;
+        let barge_in = user_onset && state.agent_was_speaking;
+        state.user_was_active = frame.user_active;
+        state.agent_was_speaking = agent_speaking;
+        m.speaking.store(agent_speaking, Ordering::Relaxed);
+        if barge_in {
+            m.barge_ins.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let piece: Option<Arc<str>> = done.output.text.filter(|t| !t.is_empty()).map(Arc::from);
+        if let Some(text) = &piece {
+            m.text_pieces.fetch_add(1, Ordering::Relaxed);
+            self.monologue.text_piece(TextPiece { tick: done.tick, text: Arc::clone(text) });
+        }
+        let stats = FrameStats {
+            tick: done.tick,
+            agent_rms,
+            user_rms: frame.user_rms,
+            agent_speaking,
+            user_active: frame.user_active,
+            barge_in,
+            piece,
+        };
+        self.affect.frame(stats.clone());
+        self.face.frame(stats);
+        m.step_latency.record(frame.taken_at.elapsed());
+
+        // Catch up: a frame that waited while the model was busy goes in right away.
+        if !state.backlog.is_empty() {
+            self.submit_next(state);
+        }
+        m.overhead.record(frame.intake_overhead + started.elapsed());
+    }
+
+    fn snapshot(&self, state: &VoiceState) -> serde_json::Value {
+        let mut value = serde_json::to_value(
+            self.metrics.report(self.worker.backend(), self.worker.accepts_text()),
+        )
+        .unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("in_flight".into(), state.in_flight.as_ref().map(|f| f.tick).into());
+            map.insert("backlog".into(), state.backlog.len().into());
+            map.insert("heard_waiting".into(), state.heard.len().into());
+            map.insert("inbox_dropped_samples".into(), self.inbox.dropped().into());
+        }
+        value
+    }
+}
+
+impl Actor for Voice {
+    type Msg = VoiceMsg;
+    type State = VoiceState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<VoiceMsg>,
+        _: (),
+    ) -> Result<VoiceState, ActorProcessingErr> {
+        let ticker = tokio::spawn(run_ticker(myself, self.clock, Arc::clone(&self.metrics)));
+        let hang = self.config.vad_hangover_frames;
+        Ok(VoiceState {
+            _ticker: TickerGuard(ticker),
+            in_flight: None,
+            backlog: VecDeque::with_capacity(self.config.backlog_frames + 1),
+            heard: Vec::new(),
+            last_tick_at: None,
+            user_vad: EnergyVad::new(self.config.user_vad_dbfs, hang),
+            agent_vad: EnergyVad::new(self.config.agent_speaking_dbfs, hang),
+            user_was_active: false,
+            agent_was_speaking: false,
+            pool: (0..self.config.backlog_frames + 2).map(|_| vec![0.0; FRAME_SAMPLES]).collect(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<VoiceMsg>,
+        msg: VoiceMsg,
+        state: &mut VoiceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            VoiceMsg::Tick { n } => self.on_tick(state, n),
+            VoiceMsg::StepDone(done) => self.on_step_done(state, *done),
+            VoiceMsg::Hear { text } => {
+                if state.heard.len() < MAX_HEARD {
+                    state.heard.push(text);
+                } else {
+                    tracing::warn!("typed text dropped: {MAX_HEARD} utterances already waiting");
+                }
+            }
+            VoiceMsg::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot(state));
+            }
+            #[cfg(feature = "fault-injection")]
+            VoiceMsg::Crash => panic!("injected fault in voice"),
+        }
+        self.stats.mark_handled();
+        Ok(())
+    }
+}

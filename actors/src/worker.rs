@@ -1,0 +1,163 @@
+//! The voice model's own OS thread. The voice actor hands it one frame at a time through a
+//! bounded channel and gets the result back as a message; model compute never runs on the
+//! async workers, and the thread (with the loaded weights) outlives restarts of the actor.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::ports::{StepOutput, VoiceModel, FRAME_SAMPLES};
+
+/// Ask the model for the status snapshot this often (in steps): about once a second.
+const STATUS_EVERY: u64 = 12;
+
+/// One frame for the model.
+#[derive(Debug)]
+pub struct StepRequest {
+    /// The tick whose user audio this is.
+    pub tick: u64,
+    /// `FRAME_SAMPLES` samples of the user's audio.
+    pub user: Vec<f32>,
+    /// Typed utterances to hear before stepping.
+    pub heard: Vec<String>,
+}
+
+/// What came back from the model thread.
+#[derive(Debug)]
+pub struct StepDone {
+    pub tick: u64,
+    pub output: StepOutput,
+    /// Wall time of `step` on the model thread.
+    pub compute: Duration,
+    /// The step failed (the output is silence) or hearing text failed.
+    pub error: Option<String>,
+    /// The user frame buffer, handed back for reuse.
+    pub user: Vec<f32>,
+    /// A fresh backend status, about once a second.
+    pub status: Option<serde_json::Value>,
+}
+
+/// Owner of the model thread.
+pub struct ModelWorker {
+    tx: Option<SyncSender<StepRequest>>,
+    thread: Option<JoinHandle<()>>,
+    backend: &'static str,
+    accepts_text: bool,
+}
+
+impl std::fmt::Debug for ModelWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWorker").field("backend", &self.backend).finish()
+    }
+}
+
+impl ModelWorker {
+    /// Start the thread. `deliver` is called on the model thread with every result; it must
+    /// not block (the voice handle's cast does not).
+    pub fn spawn<F>(mut model: Box<dyn VoiceModel>, deliver: F) -> std::io::Result<Self>
+    where
+        F: Fn(StepDone) + Send + 'static,
+    {
+        let backend = model.backend();
+        let accepts_text = model.accepts_text();
+        // Capacity 1: the actor keeps at most one step in flight; the slot is slack for a
+        // request sent in the instant before the thread returns to `recv`.
+        let (tx, rx) = mpsc::sync_channel::<StepRequest>(1);
+        let thread = std::thread::Builder::new().name("voice-model".into()).spawn(move || {
+            tracing::info!(backend, "voice model thread started");
+            let mut steps: u64 = 0;
+            while let Ok(req) = rx.recv() {
+                let done = run_step(model.as_mut(), req, steps % STATUS_EVERY == 0);
+                steps += 1;
+                deliver(done);
+            }
+            tracing::info!(backend, steps, "voice model thread finished");
+        })?;
+        Ok(ModelWorker { tx: Some(tx), thread: Some(thread), backend, accepts_text })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    pub fn accepts_text(&self) -> bool {
+        self.accepts_text
+    }
+
+    /// Hand a frame to the model, or give it back if the thread is still busy.
+    pub fn try_submit(&self, req: StepRequest) -> Result<(), StepRequest> {
+        match &self.tx {
+            Some(tx) => tx.try_send(req).map_err(|e| match e {
+                TrySendError::Full(r) | TrySendError::Disconnected(r) => r,
+            }),
+            None => Err(req),
+        }
+    }
+
+    /// Close the channel and wait for the thread to finish its current step.
+    pub fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(backend = self.backend, "voice model thread panicked");
+            }
+        }
+    }
+}
+
+fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool) -> StepDone {
+    let mut errors = Vec::new();
+    let started = Instant::now();
+    // A panicking model must not take the thread (and the weights) down with it.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        for text in req.heard.drain(..) {
+            if let Err(e) = model.hear_text(&text) {
+                errors.push(e.to_string());
+            }
+        }
+        model.step(&req.user)
+    }));
+    let compute = started.elapsed();
+    let output = match result {
+        Ok(Ok(mut out)) => {
+            if out.agent.len() != FRAME_SAMPLES {
+                errors.push(format!(
+                    "model returned {} samples instead of {FRAME_SAMPLES}; padded",
+                    out.agent.len()
+                ));
+                out.agent.resize(FRAME_SAMPLES, 0.0);
+            }
+            out
+        }
+        Ok(Err(e)) => {
+            errors.push(e.to_string());
+            silence()
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            errors.push(format!("model panicked: {what}; state reset"));
+            if let Err(e) = model.reset() {
+                errors.push(format!("reset after panic failed: {e}"));
+            }
+            silence()
+        }
+    };
+    let status = (want_status || !errors.is_empty()).then(|| model.status());
+    StepDone {
+        tick: req.tick,
+        output,
+        compute,
+        error: if errors.is_empty() { None } else { Some(errors.join("; ")) },
+        user: req.user,
+        status,
+    }
+}
+
+fn silence() -> StepOutput {
+    StepOutput { agent: vec![0.0; FRAME_SAMPLES], text: None }
+}
