@@ -555,6 +555,11 @@ impl BrainHandle {
         self.stats.status() == ActorStatus::Running
     }
 
+    /// Why the brain stopped on its own, if it did.
+    pub fn fatal_error(&self) -> Option<BrainError> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Stop every actor and wait for them.
     pub async fn stop(&self) {
         if let Err(e) = self.root.stop_and_wait(None, Some(Duration::from_secs(10))).await {

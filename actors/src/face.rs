@@ -97,12 +97,14 @@ pub struct FaceFrame {
 pub struct FaceUpdate {
     pub frame: FaceFrame,
     pub json: Arc<str>,
+    /// When the voice loop emitted the stats behind this frame (none for the idle frame).
+    pub source_at: Option<Instant>,
 }
 
 impl FaceUpdate {
-    fn new(frame: FaceFrame) -> Self {
+    fn new(frame: FaceFrame, source_at: Option<Instant>) -> Self {
         let json = serde_json::to_string(&frame).unwrap_or_else(|_| "{}".into());
-        FaceUpdate { frame, json: json.into() }
+        FaceUpdate { frame, json: json.into(), source_at }
     }
 }
 
@@ -110,7 +112,7 @@ impl FaceUpdate {
 pub type FaceOutlet = Arc<watch::Sender<Arc<FaceUpdate>>>;
 
 pub fn face_outlet() -> FaceOutlet {
-    Arc::new(watch::channel(Arc::new(FaceUpdate::new(idle_frame(0, 0)))).0)
+    Arc::new(watch::channel(Arc::new(FaceUpdate::new(idle_frame(0, 0), None))).0)
 }
 
 fn idle_frame(seq: u64, t_ms: u64) -> FaceFrame {
@@ -252,7 +254,7 @@ impl Face {
         };
         state.last = frame.clone();
         state.published += 1;
-        self.outlet.send_replace(Arc::new(FaceUpdate::new(frame)));
+        self.outlet.send_replace(Arc::new(FaceUpdate::new(frame, Some(stats.emitted_at))));
     }
 }
 

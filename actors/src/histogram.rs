@@ -111,24 +111,70 @@ impl LatencyHistogram {
     }
 
     /// The value below which fraction `q` (0..=1) of the recordings fall, in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.snapshot().quantile_us(q)
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        self.snapshot().percentiles()
+    }
+
+    /// A copy of the counts, to report on later or to subtract from a later copy.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+            max_us: self.max_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The counts of a histogram at one moment.
+#[derive(Debug, Clone)]
+pub struct HistogramSnapshot {
+    buckets: Vec<u64>,
+    sum_us: u64,
+    max_us: u64,
+}
+
+impl HistogramSnapshot {
+    /// What was recorded between `earlier` and this snapshot. The maximum of the window is
+    /// the top of its highest non-empty bucket (never above the overall maximum).
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let buckets: Vec<u64> =
+            self.buckets.iter().zip(&earlier.buckets).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let max_us = buckets
+            .iter()
+            .rposition(|&n| n > 0)
+            .map(|b| {
+                let (low, width) = bucket_range(b);
+                (low + width - 1).min(self.max_us)
+            })
+            .unwrap_or(0);
+        HistogramSnapshot { buckets, sum_us: self.sum_us.saturating_sub(earlier.sum_us), max_us }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The value below which fraction `q` (0..=1) of the recordings fall, in microseconds.
     /// Reported as the middle of its bucket, and never above the true maximum.
     pub fn quantile_us(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
+        let total = self.count();
         if total == 0 {
             return 0;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (bucket, &n) in counts.iter().enumerate() {
+        for (bucket, &n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
                 let (low, width) = bucket_range(bucket);
-                let mid = low + width / 2;
-                return mid.min(self.max_us.load(Ordering::Relaxed)).max(low);
+                return (low + width / 2).min(self.max_us).max(low);
             }
         }
-        self.max_us.load(Ordering::Relaxed)
+        self.max_us
     }
 
     pub fn percentiles(&self) -> Percentiles {
@@ -140,12 +186,8 @@ impl LatencyHistogram {
             p90_ms: ms(self.quantile_us(0.90)),
             p99_ms: ms(self.quantile_us(0.99)),
             p999_ms: ms(self.quantile_us(0.999)),
-            max_ms: ms(self.max_us.load(Ordering::Relaxed)),
-            mean_ms: if count == 0 {
-                0.0
-            } else {
-                ms(self.sum_us.load(Ordering::Relaxed)) / count as f64
-            },
+            max_ms: ms(self.max_us),
+            mean_ms: if count == 0 { 0.0 } else { ms(self.sum_us) / count as f64 },
         }
     }
 }
@@ -193,6 +235,23 @@ mod tests {
         assert_eq!(p.max_ms, 200.0);
         assert!(p.p999_ms < 0.32, "the single outlier is exactly the 1000th of 1000: {p:?}");
         assert!((h.quantile_us(1.0) as f64 - 200_000.0).abs() / 200_000.0 < 0.07);
+    }
+
+    #[test]
+    fn a_window_reports_only_what_happened_in_it() {
+        let h = LatencyHistogram::new();
+        for _ in 0..100 {
+            h.record(Duration::from_millis(50));
+        }
+        let before = h.snapshot();
+        for _ in 0..100 {
+            h.record(Duration::from_micros(500));
+        }
+        let window = h.snapshot().since(&before);
+        let p = window.percentiles();
+        assert_eq!(p.count, 100);
+        assert!(p.max_ms < 0.53, "the 50 ms values came before the window: {p:?}");
+        assert!((p.mean_ms - 0.5).abs() < 1e-9);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct FrameStats {
     pub barge_in: bool,
     /// The monologue piece of this step, if any (the face shapes visemes from it).
     pub piece: Option<Arc<str>>,
+    /// When the voice loop sent these stats (to measure how fast they reach a phone).
+    pub emitted_at: Instant,
 }
 
 /// Voice loop settings (from `[voice]` in the config file).
@@ -327,8 +329,8 @@ struct UserFrame {
 }
 
 pub struct VoiceState {
-    /// Aborts the ticker when this incarnation's state is dropped, however it ends.
-    _ticker: TickerGuard,
+    /// Stops the ticker when this incarnation's state is dropped, however it ends.
+    _ticker: Ticker,
     in_flight: Option<UserFrame>,
     backlog: VecDeque<UserFrame>,
     heard: Vec<String>,
@@ -344,41 +346,54 @@ pub struct VoiceState {
 /// Most typed utterances waiting for the next step.
 const MAX_HEARD: usize = 8;
 
-struct TickerGuard(tokio::task::JoinHandle<()>);
+/// The ticker thread of one incarnation; dropping it (however the actor ends) stops it.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
 
-impl Drop for TickerGuard {
+impl Drop for Ticker {
     fn drop(&mut self) {
-        self.0.abort();
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// Cast `Tick { n }` at each absolute deadline. A wake-up so late that whole periods
-/// passed skips those ticks and counts them as missed, so the loop never bursts to catch up.
+/// Cast `Tick { n }` at each absolute deadline, from a dedicated OS thread: the kernel's
+/// sleep is precise to tens of microseconds, where an async timer rounds up to the next
+/// millisecond. A wake-up so late that whole periods passed skips those ticks and counts
+/// them as missed, so the loop never bursts to catch up.
 ///
 /// A new incarnation (after a restart) continues the grid where the last one stopped: if
 /// the most recent deadline has not been ticked yet, it fires at once, late, rather than
 /// leaving a hole of a whole period.
-async fn run_ticker(voice: ActorRef<VoiceMsg>, clock: TickClock, metrics: Arc<VoiceMetrics>) {
-    let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
-    let due = clock.due_at(Instant::now());
-    let mut n = due.max(next_unfired);
-    if next_unfired > 0 && due > next_unfired {
-        metrics.missed_ticks.fetch_add(due - next_unfired, Ordering::Relaxed);
-    }
-    loop {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(clock.deadline(n))).await;
-        if voice.cast(VoiceMsg::Tick { n }).is_err() {
-            return; // this incarnation is gone
-        }
-        metrics.next_tick.store(n + 1, Ordering::Relaxed);
+fn spawn_ticker(voice: ActorRef<VoiceMsg>, clock: TickClock, metrics: Arc<VoiceMetrics>) -> std::io::Result<Ticker> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    std::thread::Builder::new().name("voice-ticker".into()).spawn(move || {
+        let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
         let due = clock.due_at(Instant::now());
-        if due > n {
-            metrics.missed_ticks.fetch_add(due - n, Ordering::Relaxed);
-            n = due + 1;
-        } else {
-            n += 1;
+        let mut n = due.max(next_unfired);
+        if next_unfired > 0 && due > next_unfired {
+            metrics.missed_ticks.fetch_add(due - next_unfired, Ordering::Relaxed);
         }
-    }
+        loop {
+            let wait = clock.deadline(n).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            if stopped.load(Ordering::Relaxed) || voice.cast(VoiceMsg::Tick { n }).is_err() {
+                return; // this incarnation is gone
+            }
+            metrics.next_tick.store(n + 1, Ordering::Relaxed);
+            let due = clock.due_at(Instant::now());
+            if due > n {
+                metrics.missed_ticks.fetch_add(due - n, Ordering::Relaxed);
+                n = due + 1;
+            } else {
+                n += 1;
+            }
+        }
+    })?;
+    Ok(Ticker { stop })
 }
 
 impl Voice {
@@ -497,6 +512,7 @@ impl Voice {
             user_active: frame.user_active,
             barge_in,
             piece,
+            emitted_at: Instant::now(),
         };
         self.affect.frame(stats.clone());
         self.face.frame(stats);
@@ -534,10 +550,10 @@ impl Actor for Voice {
         myself: ActorRef<VoiceMsg>,
         _: (),
     ) -> Result<VoiceState, ActorProcessingErr> {
-        let ticker = tokio::spawn(run_ticker(myself, self.clock, Arc::clone(&self.metrics)));
+        let ticker = spawn_ticker(myself, self.clock, Arc::clone(&self.metrics))?;
         let hang = self.config.vad_hangover_frames;
         Ok(VoiceState {
-            _ticker: TickerGuard(ticker),
+            _ticker: ticker,
             in_flight: None,
             backlog: VecDeque::with_capacity(self.config.backlog_frames + 1),
             heard: Vec::new(),

@@ -1,0 +1,362 @@
+//! `creature bench tick`: the fast loop under the worst load the design allows. The slow
+//! loop is saturated (many concurrent slow plans, and a CPU-bound planner keeping one core
+//! busy), 100 phone faces are connected over real websockets, and the `sim` voice talks.
+//! It reports tick jitter, model compute, loop overhead, overruns, and how long a face
+//! frame takes from the voice loop to a socket, and checks them against the budgets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use creature_actors::histogram::{LatencyHistogram, Percentiles};
+use creature_actors::ports::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
+use creature_actors::rules::RulePlanner;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::service::{start_brain_with, Service};
+use crate::voice;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TickBenchArgs {
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Phone faces connected over websockets.
+    #[arg(long, default_value_t = 100)]
+    pub faces: usize,
+    /// Deliberations kept running at once.
+    #[arg(long, default_value_t = 100)]
+    pub slow_plans: usize,
+    /// How long each plan thinks (asleep, like an LLM call), in ms.
+    #[arg(long, default_value_t = 2_000)]
+    pub plan_ms: u64,
+    /// CPU each plan burns, one plan at a time, so one core stays busy, in ms.
+    #[arg(long, default_value_t = 40)]
+    pub plan_cpu_ms: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A planner that is slow twice over: it waits like a remote LLM and then burns CPU.
+struct LoadPlanner {
+    think: Duration,
+    cpu: Duration,
+    /// Only one plan burns CPU at a time: one core busy, not all of them.
+    core: Arc<Mutex<()>>,
+    rules: RulePlanner,
+}
+
+#[async_trait::async_trait]
+impl Planner for LoadPlanner {
+    fn name(&self) -> &'static str {
+        "bench-load"
+    }
+
+    async fn plan(&self, ctx: PlanContext) -> Result<PlanOutcome, PlannerError> {
+        tokio::time::sleep(self.think).await;
+        let (core, cpu) = (Arc::clone(&self.core), self.cpu);
+        tokio::task::spawn_blocking(move || {
+            let _one_core = core.lock();
+            let until = Instant::now() + cpu;
+            let mut x: u64 = 1;
+            while Instant::now() < until {
+                for _ in 0..1_000 {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                }
+                std::hint::black_box(x);
+            }
+        })
+        .await
+        .map_err(|e| PlannerError::Failed(e.to_string()))?;
+        self.rules.plan_now(&ctx)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TickBenchReport {
+    pub seconds: f64,
+    pub faces: usize,
+    pub slow_plans: usize,
+    pub backend: &'static str,
+    pub ticks: u64,
+    pub overruns: u64,
+    pub missed_ticks: u64,
+    pub jitter_ms: Percentiles,
+    pub interval_ms: Percentiles,
+    pub compute_ms: Percentiles,
+    pub overhead_ms: Percentiles,
+    /// Voice loop emits a frame's stats -> the face message arrives on a client socket.
+    pub face_latency_ms: Percentiles,
+    pub face_msgs_per_sec_min: f64,
+    pub face_msgs_per_sec_mean: f64,
+    pub plans_finished: u64,
+    pub tasks_filed: u64,
+    pub budgets: Vec<Budget>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Budget {
+    pub what: &'static str,
+    pub limit: String,
+    pub measured: String,
+    pub pass: bool,
+}
+
+/// What one face socket saw: (seq, when it arrived).
+type Arrivals = Vec<(u64, Instant)>;
+
+fn run_face_clients(url: String, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Arrivals>> {
+    // The phones get their own runtime thread, as separate devices would be separate
+    // processes: they compete for the CPU, not for the brain's async workers.
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(cause = %e, "bench: no runtime for the face clients");
+                return Vec::new();
+            }
+        };
+        rt.block_on(async move {
+            let mut clients = Vec::with_capacity(n);
+            for _ in 0..n {
+                let url = url.clone();
+                let stop = Arc::clone(&stop);
+                clients.push(tokio::spawn(async move {
+                    let mut seen = Vec::with_capacity(1024);
+                    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+                        return seen;
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        let next = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
+                        match next {
+                            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                                let at = Instant::now();
+                                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                                    if let Some(seq) = v["seq"].as_u64() {
+                                        seen.push((seq, at));
+                                    }
+                                }
+                            }
+                            Ok(Some(Ok(_))) | Err(_) => {}
+                            Ok(None) | Ok(Some(Err(_))) => break,
+                        }
+                    }
+                    seen
+                }));
+            }
+            let mut all = Vec::with_capacity(n);
+            for c in clients {
+                all.push(c.await.unwrap_or_default());
+            }
+            all
+        })
+    })
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn tick(args: TickBenchArgs) -> anyhow::Result<()> {
+    let report = run_tick(&args).await?;
+    print_report(&args, &report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
+    let data = tempfile_dir()?;
+    let mut config = Config::default();
+    config.data_dir = data.clone();
+    config.server.addr = "127.0.0.1:0".parse()?;
+    config.server.max_face_clients = args.faces + 16;
+    config.reasoner.max_in_flight = args.slow_plans.max(1);
+    config.reasoner.queue_capacity = args.slow_plans.max(1) * 2;
+    let planner = LoadPlanner {
+        think: Duration::from_millis(args.plan_ms),
+        cpu: Duration::from_millis(args.plan_cpu_ms),
+        core: Arc::new(Mutex::new(())),
+        rules: RulePlanner::default(),
+    };
+    let model = voice::build(&config)?;
+    let brain = start_brain_with(&config, model, Some(Arc::new(planner))).await?;
+    let service = Service::serve(config, Arc::clone(&brain)).await?;
+    let addr = service.addr();
+    eprintln!("bench: brain on {addr}; connecting {} faces, saturating the slow loop...", args.faces);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = run_face_clients(format!("ws://{addr}/ws/face"), args.faces, Arc::clone(&stop));
+
+    // Record when each face frame left the voice loop, by sequence number.
+    let sources: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let recorder = {
+        let mut rx = brain.face.subscribe();
+        let sources = Arc::clone(&sources);
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if tokio::time::timeout(Duration::from_millis(200), rx.changed()).await.is_err() {
+                    continue;
+                }
+                let update = rx.borrow_and_update().clone();
+                if let (Some(at), Ok(mut map)) = (update.source_at, sources.lock()) {
+                    map.insert(update.frame.seq, at);
+                }
+            }
+        })
+    };
+
+    // Keep the slow loop saturated and the voice talking.
+    let feeder = {
+        let brain = Arc::clone(&brain);
+        let stop = Arc::clone(&stop);
+        let target = args.slow_plans as u64;
+        tokio::spawn(async move {
+            let objects = ["cup", "ball", "book", "keys", "remote", "apple", "sock", "pen"];
+            let lines = ["bring me the cup", "how are you today", "pick up the red ball", "what is your name"];
+            let mut n: u64 = 0;
+            let mut last_line = Instant::now() - Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(snap) = brain.reasoner.snapshot().await {
+                    let busy = snap["in_flight"].as_u64().unwrap_or(0) + snap["queued"].as_u64().unwrap_or(0);
+                    for _ in busy..target + 4 {
+                        n += 1;
+                        let object = objects[(n % objects.len() as u64) as usize];
+                        let task = PhysicalTask {
+                            action: Action::Bring,
+                            object: object.into(),
+                            destination: None,
+                            utterance: format!("I'll bring you the {object}."),
+                            confidence: 0.9,
+                        };
+                        brain.reasoner.intent(Intent { task, tick: 0, detector: "bench".into() }, vec![]);
+                    }
+                }
+                if last_line.elapsed() > Duration::from_secs(3) {
+                    let _ = brain.voice.hear(lines[(n % lines.len() as u64) as usize]);
+                    last_line = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // Let the load build up before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = brain.voice.metrics();
+    let before = (m.jitter.snapshot(), m.interval.snapshot(), m.compute.snapshot(), m.overhead.snapshot());
+    let counters = |m: &creature_actors::voice::VoiceMetrics| {
+        (
+            m.ticks.load(Ordering::Relaxed),
+            m.overruns.load(Ordering::Relaxed),
+            m.missed_ticks.load(Ordering::Relaxed),
+        )
+    };
+    let c0 = counters(m);
+    let tasks0 = brain.tasks.summary().await.map(|s| s.total).unwrap_or(0);
+    let reasoner0 = brain.reasoner.snapshot().await.ok();
+    let window_start = Instant::now();
+    let mut next_progress = Instant::now() + Duration::from_secs(10);
+    while window_start.elapsed() < Duration::from_secs(args.seconds) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if Instant::now() >= next_progress {
+            eprintln!("bench: {:>3} s of {} ...", window_start.elapsed().as_secs(), args.seconds);
+            next_progress += Duration::from_secs(10);
+        }
+    }
+    let window_end = Instant::now();
+    let elapsed = window_start.elapsed().as_secs_f64();
+    let after = (m.jitter.snapshot(), m.interval.snapshot(), m.compute.snapshot(), m.overhead.snapshot());
+    let c1 = counters(m);
+    let tasks1 = brain.tasks.summary().await.map(|s| s.total).unwrap_or(0);
+    let reasoner1 = brain.reasoner.snapshot().await.ok();
+
+    stop.store(true, Ordering::Relaxed);
+    let arrivals = tokio::task::spawn_blocking(move || clients.join().unwrap_or_default()).await?;
+    let _ = recorder.await;
+    let _ = feeder.await;
+    service.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data);
+
+    let sources = sources.lock().map(|m| m.clone()).unwrap_or_default();
+    let latency = LatencyHistogram::new();
+    let mut rates = Vec::new();
+    for client in &arrivals {
+        let in_window = client.iter().filter(|(_, at)| *at >= window_start && *at <= window_end);
+        let mut count = 0u64;
+        for (seq, at) in in_window {
+            count += 1;
+            if let Some(src) = sources.get(seq) {
+                latency.record(at.saturating_duration_since(*src));
+            }
+        }
+        rates.push(count as f64 / elapsed);
+    }
+    rates.resize(args.faces, 0.0); // a client that never connected counts as zero
+    let planned = |s: &Option<serde_json::Value>| s.as_ref().and_then(|v| v["planned"].as_u64()).unwrap_or(0);
+
+    let jitter = after.0.since(&before.0).percentiles();
+    let overhead = after.3.since(&before.3).percentiles();
+    let face_latency = latency.percentiles();
+    let overruns = c1.1 - c0.1;
+    let missed = c1.2 - c0.2;
+    let rate_min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let budgets = vec![
+        Budget { what: "tick jitter p99", limit: "< 2 ms".into(), measured: format!("{:.3} ms", jitter.p99_ms), pass: jitter.p99_ms < 2.0 },
+        Budget { what: "overruns and missed ticks", limit: "0".into(), measured: format!("{overruns} + {missed}"), pass: overruns + missed == 0 },
+        Budget { what: "loop overhead p99", limit: "< 0.5 ms".into(), measured: format!("{:.3} ms", overhead.p99_ms), pass: overhead.p99_ms < 0.5 },
+        Budget { what: "agent frame -> face socket p99", limit: "< 5 ms".into(), measured: format!("{:.3} ms", face_latency.p99_ms), pass: face_latency.p99_ms < 5.0 && face_latency.count > 0 },
+        Budget { what: "face messages per client", limit: ">= 11 /s".into(), measured: format!("min {rate_min:.2} /s"), pass: rate_min >= 11.0 },
+    ];
+    Ok(TickBenchReport {
+        seconds: elapsed,
+        faces: args.faces,
+        slow_plans: args.slow_plans,
+        backend: brain.voice.backend(),
+        ticks: c1.0 - c0.0,
+        overruns,
+        missed_ticks: missed,
+        jitter_ms: jitter,
+        interval_ms: after.1.since(&before.1).percentiles(),
+        compute_ms: after.2.since(&before.2).percentiles(),
+        overhead_ms: overhead,
+        face_latency_ms: face_latency,
+        face_msgs_per_sec_min: rate_min,
+        face_msgs_per_sec_mean: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+        plans_finished: planned(&reasoner1).saturating_sub(planned(&reasoner0)),
+        tasks_filed: tasks1.saturating_sub(tasks0),
+        budgets,
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("creature-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_report(args: &TickBenchArgs, r: &TickBenchReport) {
+    let p = |x: &Percentiles| format!("p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", x.p50_ms, x.p99_ms, x.max_ms);
+    println!(
+        "creature bench tick: {:.0} s, {} voice, {} faces, {} slow plans ({} ms think + {} ms CPU each, one core busy)",
+        r.seconds, r.backend, r.faces, r.slow_plans, args.plan_ms, args.plan_cpu_ms
+    );
+    println!("ticks             {} (overruns {}, missed {})", r.ticks, r.overruns, r.missed_ticks);
+    println!("tick jitter       {}", p(&r.jitter_ms));
+    println!("tick interval     {}", p(&r.interval_ms));
+    println!("model compute     {}", p(&r.compute_ms));
+    println!("loop overhead     {}", p(&r.overhead_ms));
+    println!("frame -> face     {}  ({} messages)", p(&r.face_latency_ms), r.face_latency_ms.count);
+    println!("face msgs/client  min {:.2}/s  mean {:.2}/s", r.face_msgs_per_sec_min, r.face_msgs_per_sec_mean);
+    println!("slow loop         {} plans finished, {} tasks filed", r.plans_finished, r.tasks_filed);
+    for b in &r.budgets {
+        println!("budget  {:<32} {:<10} {:<22} {}", b.what, b.limit, b.measured, if b.pass { "PASS" } else { "FAIL" });
+    }
+}

@@ -1,0 +1,354 @@
+//! The command line: `creature serve` runs the brain; `actors`, `state`, `tasks`, `task`
+//! and `hear` talk to a running brain over HTTP and print readable tables; `bench` runs the
+//! benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Backend, Config};
+use crate::service::Service;
+
+#[derive(Debug, Parser)]
+#[command(name = "creature", version, about = "The brain of a robot creature: full-duplex voice, inner-monologue tasks, affect and a phone face.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `creature=debug`.
+    #[arg(long, global = true, env = "CREATURE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the brain and its API.
+    Serve(ServeArgs),
+    /// List the actors of a running brain.
+    Actors(ClientArgs),
+    /// Show the state of a running brain: the voice loop, affect, tasks.
+    State(ClientArgs),
+    /// List the tasks of a running brain.
+    Tasks(ClientArgs),
+    /// Ask a running brain to do a physical task, e.g. `creature task "bring me the cup"`.
+    Task {
+        utterance: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Say something to the creature (the `sim` voice hears typed text).
+    Hear {
+        text: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a benchmark.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Config file (see config/creature.toml); defaults apply without one.
+    #[arg(long, env = "CREATURE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides server.addr).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Where to keep the task ledger (overrides data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Voice backend (overrides voice.backend).
+    #[arg(long, value_enum)]
+    voice: Option<Backend>,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The running brain.
+    #[arg(long, env = "CREATURE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The fast loop under load: slow loop saturated, many faces connected.
+    Tick(crate::bench::TickBenchArgs),
+}
+
+/// Parse the command line, run the command, and turn any error into a message and exit 1.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Actors(c) => actors(&Client::new(&c.url)?).await,
+        Command::State(c) => state(&Client::new(&c.url)?).await,
+        Command::Tasks(c) => tasks(&Client::new(&c.url)?).await,
+        Command::Task { utterance, client } => task(&Client::new(&client.url)?, &utterance).await,
+        Command::Hear { text, client } => hear(&Client::new(&client.url)?, &text).await,
+        Command::Bench(BenchCommand::Tick(args)) => crate::bench::tick(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(addr) = args.addr {
+        config.server.addr = addr;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(voice) = args.voice {
+        config.voice.backend = voice;
+    }
+    let service = Service::start(config).await?;
+    let addr = service.addr();
+    tracing::info!(%addr, backend = service.brain().voice.backend(), "the creature is awake");
+    eprintln!("creature: listening on http://{addr}  (face: http://{addr}/face, inspector: http://{addr}/inspector)");
+    service.run_until(shutdown_signal()).await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(cause = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A small HTTP client for a running brain, with errors a person can act on.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(url: &str) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Client { base: url.trim_end_matches('/').to_string(), http })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!("cannot reach the brain at {}: is `creature serve` running?", self.base)
+            } else {
+                anyhow::anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.context("the brain answered with something that is not JSON")?;
+        if !status.is_success() {
+            let error = body["error"].as_str().unwrap_or("error");
+            let detail = body["detail"].as_str().unwrap_or("");
+            bail!("{status}: {error}: {detail}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+    }
+}
+
+/// Columns padded to their widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{x:.2} ms")).unwrap_or_else(|| "-".into())
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn actors(client: &Client) -> anyhow::Result<()> {
+    let list = client.get("/api/actors").await?;
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            vec![
+                text(&a["name"]),
+                text(&a["status"]),
+                text(&a["restarts"]),
+                text(&a["handled"]),
+                text(&a["mailbox"]),
+                duration(a["uptime_ms"].as_u64().unwrap_or(0)),
+                text(&a["last_error"]),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["ACTOR", "STATUS", "RESTARTS", "HANDLED", "MAILBOX", "UPTIME", "LAST ERROR"], &rows));
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn state(client: &Client) -> anyhow::Result<()> {
+    let s = client.get("/api/state").await?;
+    let v = &s["voice"];
+    let a = &s["affect"];
+    let t = &s["tasks"];
+    let rows = vec![
+        vec!["voice backend".into(), text(&v["backend"])],
+        vec!["ticks".into(), format!("{} ({} overruns, {} missed)", text(&v["ticks"]), text(&v["overruns"]), text(&v["missed_ticks"]))],
+        vec!["tick jitter".into(), format!("p50 {}  p99 {}  max {}", ms(&v["jitter_ms"]["p50_ms"]), ms(&v["jitter_ms"]["p99_ms"]), ms(&v["jitter_ms"]["max_ms"]))],
+        vec!["model compute".into(), format!("p50 {}  p99 {}  (real-time factor p99 {:.3})", ms(&v["compute_ms"]["p50_ms"]), ms(&v["compute_ms"]["p99_ms"]), v["real_time_factor"]["p99"].as_f64().unwrap_or(0.0))],
+        vec!["loop overhead".into(), format!("p99 {}", ms(&v["overhead_ms"]["p99_ms"]))],
+        vec!["speaking".into(), format!("{} (user active: {})", text(&v["speaking"]), text(&v["user_active"]))],
+        vec!["emotion".into(), format!("{} (valence {:.2}, arousal {:.2})", text(&a["emotion"]), a["valence"].as_f64().unwrap_or(0.0), a["arousal"].as_f64().unwrap_or(0.0))],
+        vec!["tasks".into(), format!("{} total {}", text(&t["total"]), by_state(&t["by_state"]))],
+        vec!["reasoner".into(), format!("{} planner, {} thinking, {} queued", text(&s["reasoner"]["planner"]), text(&s["reasoner"]["in_flight"]), text(&s["reasoner"]["queued"]))],
+        vec!["faces connected".into(), text(&s["face"]["sockets"])],
+        vec!["uptime".into(), duration(s["uptime_ms"].as_u64().unwrap_or(0))],
+    ];
+    println!("{}", table(&["", ""], &rows).trim_start());
+    if let Some(err) = v["last_error"].as_str() {
+        println!("last voice error: {err}");
+    }
+    Ok(())
+}
+
+fn by_state(v: &Value) -> String {
+    let parts: Vec<String> = v
+        .as_object()
+        .map(|m| m.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0).map(|(k, n)| format!("{k} {n}")).collect())
+        .unwrap_or_default();
+    if parts.is_empty() { String::new() } else { format!("({})", parts.join(", ")) }
+}
+
+fn task_row(t: &Value) -> Vec<String> {
+    let args = &t["arguments"];
+    vec![
+        text(&t["id"]),
+        text(&t["state"]),
+        text(&args["action"]),
+        text(&args["object"]),
+        text(&args["destination"]),
+        text(&t["source"]),
+        text(&args["utterance"]),
+    ]
+}
+
+const TASK_HEADERS: [&str; 7] = ["ID", "STATE", "ACTION", "OBJECT", "DESTINATION", "SOURCE", "UTTERANCE"];
+
+#[allow(clippy::print_stdout)]
+async fn tasks(client: &Client) -> anyhow::Result<()> {
+    let list = client.get("/api/tasks").await?;
+    let rows: Vec<Vec<String>> = list.as_array().map(|a| a.iter().map(task_row).collect()).unwrap_or_default();
+    println!("{}", table(&TASK_HEADERS, &rows));
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn task(client: &Client, utterance: &str) -> anyhow::Result<()> {
+    let t = client.post("/api/tasks", serde_json::json!({ "utterance": utterance })).await?;
+    println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn hear(client: &Client, text: &str) -> anyhow::Result<()> {
+    let r = client.post("/api/hear", serde_json::json!({ "text": text })).await?;
+    println!("the creature ({}) heard: {}", self::text(&r["backend"]), self::text(&r["heard"]));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "BB"], &[vec!["long cell".into(), "x".into()], vec!["y".into(), "z".into()]]);
+        assert_eq!(t, "A          BB\nlong cell  x\ny          z");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(5_400), "5s");
+        assert_eq!(duration(125_000), "2m05s");
+        assert_eq!(duration(7_500_000), "2h05m");
+    }
+}

@@ -1,0 +1,103 @@
+//! The HTTP and websocket face of the brain (axum). `app` builds the router so tests can
+//! drive it with `oneshot`; `serve` runs it on a listener until the shutdown future ends.
+
+mod api;
+pub mod error;
+mod metrics;
+mod ws;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::Router;
+use creature_actors::BrainHandle;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use error::ApiError;
+
+pub use ws::{audio_session, face_session, pcm16_to_f32, f32_to_pcm16};
+
+const FACE_HTML: &str = include_str!("../../face/face.html");
+const INSPECTOR_HTML: &str = include_str!("../../face/inspector.html");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    brain: Arc<BrainHandle>,
+    config: Config,
+    started: Instant,
+    /// Face sockets open now, against `server.max_face_clients`.
+    face_clients: AtomicUsize,
+    /// One audio session at a time: two microphones in one inbox would be noise.
+    audio_busy: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(brain: Arc<BrainHandle>, config: Config) -> Self {
+        AppState {
+            inner: Arc::new(Shared {
+                brain,
+                config,
+                started: Instant::now(),
+                face_clients: AtomicUsize::new(0),
+                audio_busy: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn brain(&self) -> &Arc<BrainHandle> {
+        &self.inner.brain
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+/// The router with every route of the API.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config().server.max_body_bytes;
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/face") }))
+        .route("/healthz", get(api::healthz))
+        .route("/face", get(|| async { page(FACE_HTML) }))
+        .route("/inspector", get(|| async { page(INSPECTOR_HTML) }))
+        .route("/ws/face", get(ws::face))
+        .route("/ws/audio", get(ws::audio))
+        .route("/api/actors", get(api::actors))
+        .route("/api/actors/{name}", get(api::actor))
+        .route("/api/state", get(api::state))
+        .route("/api/tasks", post(api::create_task).get(api::list_tasks))
+        .route("/api/tasks/{id}", get(api::get_task))
+        .route("/api/hear", post(api::hear))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(|| async { ApiError::not_found("no such route; see README.md for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn page(html: &'static str) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(html))
+}
+
+/// Serve `app` on `listener` until `shutdown` completes, then finish open requests.
+pub async fn serve<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

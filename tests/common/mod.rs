@@ -1,0 +1,80 @@
+//! Shared helpers for the integration tests: a real brain on a temp ledger, schema checks,
+//! and polling with deadlines.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use creature::config::Config;
+use creature::schemas;
+use creature::Service;
+use serde_json::Value;
+
+/// A brain serving on 127.0.0.1 with its own temporary ledger.
+pub struct TestBrain {
+    pub service: Service,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.server.addr = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+pub async fn start() -> TestBrain {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBrain {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let service = Service::start(config).await.expect("the service starts");
+    let url = format!("http://{}", service.addr());
+    TestBrain { service, url, http: reqwest::Client::new(), dir }
+}
+
+impl TestBrain {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.service.addr())
+    }
+}
+
+/// Panic with every violation if `instance` does not follow `schema`.
+pub fn assert_schema(schema: &str, instance: &Value) {
+    let validator = schemas::validator(schema).unwrap();
+    let errors = schemas::violations(&validator, instance);
+    assert!(errors.is_empty(), "{schema} violated by {instance}:\n{}", errors.join("\n"));
+}
+
+/// Poll `check` until it returns `Some`, or panic after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
