@@ -360,3 +360,147 @@ fn print_report(args: &TickBenchArgs, r: &TickBenchReport) {
         println!("budget  {:<32} {:<10} {:<22} {}", b.what, b.limit, b.measured, if b.pass { "PASS" } else { "FAIL" });
     }
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IntentBenchArgs {
+    /// How many intents to time, one after another.
+    #[arg(long, default_value_t = 1000)]
+    pub intents: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntentBenchReport {
+    pub intents: usize,
+    /// Intents whose tool call reached the body.
+    pub delivered: usize,
+    /// Last monologue piece cast -> `tool_call` read from the body's socket (the task is on
+    /// disk before it is sent).
+    pub latency_ms: Percentiles,
+    pub budget_p99_ms: f64,
+    pub pass: bool,
+}
+
+const ADJECTIVES: [&str; 25] = [
+    "red", "blue", "green", "yellow", "small", "big", "old", "new", "wooden", "metal", "striped", "shiny",
+    "soft", "heavy", "light", "round", "square", "tall", "short", "white", "black", "orange", "purple", "pink",
+    "brown",
+];
+const NOUNS: [&str; 40] = [
+    "cup", "ball", "book", "box", "bottle", "spoon", "plate", "bowl", "pen", "pencil", "shoe", "sock", "hat",
+    "scarf", "glove", "towel", "pillow", "blanket", "lamp", "clock", "phone", "remote", "key", "wallet", "bag",
+    "basket", "toy", "block", "brush", "comb", "mug", "jar", "can", "apple", "banana", "orange", "candle",
+    "notebook", "charger", "cable",
+];
+
+/// `creature bench intent`: how long from the text piece that completes a commitment to
+/// the tool call arriving on the body's socket.
+#[allow(clippy::print_stdout)]
+pub async fn intent(args: IntentBenchArgs) -> anyhow::Result<()> {
+    let report = run_intent(&args).await?;
+    let p = &report.latency_ms;
+    println!("creature bench intent: {} intents, one at a time, sim voice, sled ledger, one body socket", report.intents);
+    println!("delivered          {} of {}", report.delivered, report.intents);
+    println!("piece -> body      p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms", p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms);
+    println!(
+        "budget  p99 < {:.0} ms: {}",
+        report.budget_p99_ms,
+        if report.pass { "PASS" } else { "FAIL" }
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn run_intent(args: &IntentBenchArgs) -> anyhow::Result<IntentBenchReport> {
+    use creature_actors::voice::TextPiece;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let data = tempfile_dir()?;
+    let mut config = Config::default();
+    config.data_dir = data.clone();
+    config.server.addr = "127.0.0.1:0".parse()?;
+    let token = config.body.token.clone();
+    let service = Service::start(config).await?;
+    let brain = Arc::clone(service.brain());
+    let mut req = format!("ws://{}/ws/body", service.addr()).into_client_request()?;
+    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
+
+    // The body reads on its own thread and runtime, stamping each tool call as it arrives,
+    // and acknowledges it like a real body would.
+    let (arrivals_tx, arrivals_rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let body = std::thread::spawn(move || -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let (mut socket, _) = tokio_tungstenite::connect_async(req).await?;
+            while let Some(Ok(msg)) = socket.next().await {
+                let Message::Text(text) = msg else { continue };
+                let at = Instant::now();
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                if v["type"] == "tool_call" {
+                    let object = v["arguments"]["object"].as_str().unwrap_or_default().to_string();
+                    if arrivals_tx.send((object, at)).is_err() {
+                        break;
+                    }
+                    let ack = serde_json::json!({"type": "status", "id": v["id"], "state": "accepted"});
+                    futures::SinkExt::send(&mut socket, Message::text(ack.to_string())).await?;
+                }
+            }
+            Ok(())
+        })
+    });
+
+    let latency = LatencyHistogram::new();
+    let mut delivered = 0;
+    let mut tick = 0u64;
+    for i in 0..args.intents {
+        let object = format!("{} {}", ADJECTIVES[i % ADJECTIVES.len()], NOUNS[(i / ADJECTIVES.len()) % NOUNS.len()]);
+        let words = ["Okay,", "I'll", "bring", "you", "the"];
+        for w in words.iter().copied().chain(object.split(' ').take(1)) {
+            tick += 1;
+            brain.monologue.text_piece(TextPiece { tick, text: format!(" {w}").into() });
+        }
+        // Let the watcher take the first pieces in; then time the piece that completes it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let last = format!(" {}.", object.split(' ').nth(1).unwrap_or("cup"));
+        tick += 1;
+        let sent = Instant::now();
+        brain.monologue.text_piece(TextPiece { tick, text: last.into() });
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match arrivals_rx.recv_timeout(left) {
+                Ok((got, at)) if got == object => {
+                    latency.record(at.saturating_duration_since(sent));
+                    delivered += 1;
+                    break;
+                }
+                Ok(_) => continue, // a redelivery of an earlier task
+                Err(_) => {
+                    tracing::warn!(%object, "bench: no tool call within 2 s");
+                    break;
+                }
+            }
+        }
+        if i % 100 == 99 {
+            eprintln!("bench: {} intents ...", i + 1);
+        }
+    }
+    service.shutdown().await;
+    drop(arrivals_rx);
+    let _ = body.join();
+    let _ = std::fs::remove_dir_all(&data);
+    let latency_ms = latency.percentiles();
+    let budget = 10.0;
+    Ok(IntentBenchReport {
+        intents: args.intents,
+        delivered,
+        pass: delivered == args.intents && latency_ms.p99_ms < budget,
+        latency_ms,
+        budget_p99_ms: budget,
+    })
+}

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, PlannerKind};
 use crate::service::Service;
 
 #[derive(Debug, Parser)]
@@ -46,9 +46,36 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cancel a task of a running brain (the body is told to stop).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A reference robot body: connects to a brain's /ws/body and carries out its tasks.
+    BodySim(crate::body_sim::BodySimArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Moshi checkpoints for the local `moshi` backend.
+    #[command(subcommand)]
+    Moshi(MoshiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MoshiCommand {
+    /// Write a random-weight tiny Moshi checkpoint (Kyutai's layout) that runs on a CPU:
+    /// `creature moshi tiny /tmp/m && creature serve --voice moshi --moshi-dir /tmp/m`.
+    Tiny {
+        /// Directory to write (created if needed; existing files are replaced).
+        dir: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Write the LM 8-bit quantized as model.q8.gguf instead of model.safetensors.
+        #[arg(long)]
+        q8: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +92,20 @@ struct ServeArgs {
     /// Voice backend (overrides voice.backend).
     #[arg(long, value_enum)]
     voice: Option<Backend>,
+    /// Moshi checkpoint directory (overrides voice.moshi.dir).
+    #[arg(long)]
+    moshi_dir: Option<PathBuf>,
+    /// A Kyutai Moshi server's websocket for `--voice moshi-remote`, e.g.
+    /// ws://gpu-box:8998/api/chat (overrides voice.remote.url).
+    #[arg(long, value_name = "URL")]
+    moshi_url: Option<String>,
+    /// Planner of the slow loop (overrides reasoner.planner).
+    #[arg(long, value_enum)]
+    planner: Option<PlannerKind>,
+    /// An OpenAI-compatible API base for `--planner llm`, e.g. http://127.0.0.1:8080/v1
+    /// (overrides reasoner.llm.base_url).
+    #[arg(long, value_name = "URL")]
+    llm_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +119,12 @@ struct ClientArgs {
 enum BenchCommand {
     /// The fast loop under load: slow loop saturated, many faces connected.
     Tick(crate::bench::TickBenchArgs),
+    /// From the text piece that completes a commitment to the tool call on the body's socket.
+    Intent(crate::bench::IntentBenchArgs),
+    /// Mimi encode + decode of one 80 ms frame, random weights (full size by default).
+    Mimi(crate::voice::moshi::bench::MimiBenchArgs),
+    /// One multistream Moshi LM step, random weights (`--config tiny|v0.1`).
+    Lm(crate::voice::moshi::bench::LmBenchArgs),
 }
 
 /// Parse the command line, run the command, and turn any error into a message and exit 1.
@@ -107,7 +154,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Tasks(c) => tasks(&Client::new(&c.url)?).await,
         Command::Task { utterance, client } => task(&Client::new(&client.url)?, &utterance).await,
         Command::Hear { text, client } => hear(&Client::new(&client.url)?, &text).await,
+        Command::Cancel { id, client } => cancel(&Client::new(&client.url)?, &id).await,
+        Command::BodySim(args) => crate::body_sim::run(args).await,
         Command::Bench(BenchCommand::Tick(args)) => crate::bench::tick(args).await,
+        Command::Bench(BenchCommand::Intent(args)) => crate::bench::intent(args).await,
+        Command::Bench(BenchCommand::Mimi(args)) => blocking(move || crate::voice::moshi::bench::mimi(args)).await,
+        Command::Bench(BenchCommand::Lm(args)) => blocking(move || crate::voice::moshi::bench::lm(args)).await,
+        Command::Moshi(MoshiCommand::Tiny { dir, seed, q8 }) => moshi_tiny(&dir, seed, q8),
     }
 }
 
@@ -125,11 +178,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(voice) = args.voice {
         config.voice.backend = voice;
     }
+    if let Some(dir) = args.moshi_dir {
+        config.voice.moshi.dir = Some(dir);
+    }
+    if let Some(url) = args.moshi_url {
+        config.voice.remote.url = url;
+    }
+    if let Some(planner) = args.planner {
+        config.reasoner.planner = planner;
+    }
+    if let Some(url) = args.llm_url {
+        config.reasoner.llm.base_url = url;
+    }
     let service = Service::start(config).await?;
     let addr = service.addr();
     tracing::info!(%addr, backend = service.brain().voice.backend(), "the creature is awake");
     eprintln!("creature: listening on http://{addr}  (face: http://{addr}/face, inspector: http://{addr}/inspector)");
     service.run_until(shutdown_signal()).await
+}
+
+/// Model compute off the async workers.
+async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(f).await.context("the benchmark thread failed")?
+}
+
+#[allow(clippy::print_stdout)]
+fn moshi_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> {
+    let report = crate::voice::moshi::tiny::write_tiny_checkpoint(dir, seed, q8)?;
+    println!(
+        "tiny Moshi written to {} (LM {} tensors, {:.2} M parameters; Mimi {} tensors, {:.2} M parameters; {} text pieces)",
+        dir.display(),
+        report.lm_tensors,
+        report.lm_parameters as f64 / 1e6,
+        report.mimi_tensors,
+        report.mimi_parameters as f64 / 1e6,
+        report.text_vocab
+    );
+    for (path, size) in &report.files {
+        println!("  {:>10} bytes  {}", size, path.display());
+    }
+    println!("run it with:  creature serve --voice moshi --moshi-dir {}", dir.display());
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.
@@ -324,6 +413,13 @@ async fn tasks(client: &Client) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)]
 async fn task(client: &Client, utterance: &str) -> anyhow::Result<()> {
     let t = client.post("/api/tasks", serde_json::json!({ "utterance": utterance })).await?;
+    println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn cancel(client: &Client, id: &str) -> anyhow::Result<()> {
+    let t = client.post(&format!("/api/tasks/{id}/cancel"), serde_json::json!({})).await?;
     println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
     Ok(())
 }

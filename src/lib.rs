@@ -11,15 +11,23 @@
 //! - [`config`]: the one config file, with defaults in code.
 //! - [`service`]: builds the ports from the config, starts the brain, serves the API.
 //! - [`schemas`]: the JSON Schemas of every wire message, embedded, with validators.
+//! - [`planner_llm`]: the LLM planner behind the `Planner` port (any OpenAI-compatible
+//!   endpoint, `do_physical_task` tool calls checked against the schema, rule fallback).
 //! - [`server`]: the axum router: JSON API, face and audio websockets, `/metrics`.
 //! - [`voice`]: voice backends behind the `VoiceModel` port (the embedded `sim`, ...).
 //! - [`store`]: the sled task ledger behind the `TaskStore` port.
 //! - [`cli`]: `creature serve`, the client commands, and `creature bench`.
 //! - [`bench`]: the fast-loop benchmark.
+//! - [`body_sim`]: `creature body-sim`, a reference robot body for demos and tests.
+//! - `audio_device` (feature `audio-device`): the local microphone and speaker via cpal.
 
+#[cfg(feature = "audio-device")]
+pub mod audio_device;
 pub mod bench;
+pub mod body_sim;
 pub mod cli;
 pub mod config;
+pub mod planner_llm;
 pub mod schemas;
 pub mod server;
 pub mod service;

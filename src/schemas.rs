@@ -9,6 +9,8 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("actor.schema.json", include_str!("../schemas/actor.schema.json")),
     ("actors.schema.json", include_str!("../schemas/actors.schema.json")),
     ("audio_control.schema.json", include_str!("../schemas/audio_control.schema.json")),
+    ("body_to_brain.schema.json", include_str!("../schemas/body_to_brain.schema.json")),
+    ("brain_to_body.schema.json", include_str!("../schemas/brain_to_body.schema.json")),
     ("do_physical_task.schema.json", include_str!("../schemas/do_physical_task.schema.json")),
     ("error.schema.json", include_str!("../schemas/error.schema.json")),
     ("face_frame.schema.json", include_str!("../schemas/face_frame.schema.json")),

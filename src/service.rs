@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, PlannerKind};
+use crate::planner_llm::LlmPlanner;
 use crate::server::{self, AppState};
 use crate::store::SledTaskStore;
 use crate::voice;
@@ -32,17 +33,47 @@ pub async fn start_brain_with(
     let brain_config = config.brain_config()?;
     let ledger = config.data_dir.join("tasks");
     let store = SledTaskStore::open(&ledger).with_context(|| format!("cannot open the task ledger in {}", ledger.display()))?;
-    let planner = planner.unwrap_or_else(|| {
-        Arc::new(RulePlanner { min_confidence: config.reasoner.min_confidence, ..RulePlanner::default() })
-    });
+    let planner = match planner {
+        Some(planner) => planner,
+        None => build_planner(config)?,
+    };
     let ports = BrainPorts { model, planner, store: Arc::new(store) };
     let brain = BrainHandle::start(brain_config, ports).await?;
     Ok(Arc::new(brain))
 }
 
+/// The planner `[reasoner] planner` names.
+fn build_planner(config: &Config) -> anyhow::Result<Arc<dyn Planner>> {
+    Ok(match config.reasoner.planner {
+        PlannerKind::Rules => {
+            Arc::new(RulePlanner { min_confidence: config.reasoner.min_confidence, ..RulePlanner::default() })
+        }
+        PlannerKind::Llm => {
+            Arc::new(LlmPlanner::from_config(&config.reasoner).context("cannot build the LLM planner")?)
+        }
+    })
+}
+
+#[cfg(feature = "audio-device")]
+fn start_local_audio(brain: &BrainHandle) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+    let audio = crate::audio_device::LocalAudio::start(Arc::clone(brain.inbox()), brain.subscribe_audio())
+        .context("cannot use the local microphone and speaker ([audio] device = true)")?;
+    Ok(Box::new(audio))
+}
+
+#[cfg(not(feature = "audio-device"))]
+fn start_local_audio(_: &BrainHandle) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+    anyhow::bail!(
+        "[audio] device = true needs a build with the `audio-device` feature \
+         (cargo build --features audio-device; Debian: apt-get install libasound2-dev pkg-config)"
+    )
+}
+
 /// A running brain with its API on a socket.
 pub struct Service {
     brain: Arc<BrainHandle>,
+    /// The local microphone and speaker, when `[audio] device = true`; dropping stops them.
+    _local_audio: Option<Box<dyn std::any::Any + Send>>,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
@@ -61,12 +92,17 @@ impl Service {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.addr))?;
         let addr = listener.local_addr()?;
+        let local_audio = if config.audio.device { Some(start_local_audio(&brain)?) } else { None };
         let (stop, stopped) = oneshot::channel::<()>();
         let state = AppState::new(Arc::clone(&brain), config);
+        if local_audio.is_some() {
+            // The microphone already feeds the loop: a phone's audio would be mixed into it.
+            state.reserve_audio("the local microphone");
+        }
         let server = tokio::spawn(server::serve(listener, state, async {
             let _ = stopped.await;
         }));
-        Ok(Service { brain, addr, stop: Some(stop), server })
+        Ok(Service { brain, _local_audio: local_audio, addr, stop: Some(stop), server })
     }
 
     pub fn addr(&self) -> SocketAddr {

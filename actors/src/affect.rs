@@ -186,7 +186,8 @@ impl AffectHandle {
 pub struct Affect {
     pub(crate) config: AffectConfig,
     pub(crate) face: FaceHandle,
-    pub(crate) stats: Arc<ActorStats>,
+    /// Where this actor registers each incarnation (and counts its messages).
+    pub(crate) slot: Slot<AffectMsg>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -298,7 +299,9 @@ impl Actor for Affect {
     type State = AffectState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<AffectMsg>, _: ()) -> Result<AffectState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<AffectMsg>, _: ()) -> Result<AffectState, ActorProcessingErr> {
+        // Registered before the first message is handled, so no reply can miss it.
+        self.slot.set(myself.clone());
         Ok(AffectState {
             mood: Mood { emotion: Emotion::Neutral, valence: 0.0, arousal: 0.0 },
             target: Response {
@@ -352,7 +355,7 @@ impl Actor for Affect {
             #[cfg(feature = "fault-injection")]
             AffectMsg::Crash => panic!("injected fault in affect"),
         }
-        self.stats.mark_handled();
+        self.slot.stats().mark_handled();
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use crate::monologue::{Monologue, MonologueConfig, MonologueHandle, MonologueMsg
 use crate::ports::{Planner, TaskStore, VoiceModel};
 use crate::reasoner::{Reasoner, ReasonerConfig, ReasonerHandle, ReasonerMsg};
 use crate::slot::{ActorStats, ActorStatus, ActorSummary, CallError, Slot};
-use crate::tasks::{Tasks, TasksHandle, TasksMsg};
+use crate::tasks::{Tasks, TasksConfig, TasksHandle, TasksMsg};
 use crate::voice::{Voice, VoiceConfig, VoiceHandle, VoiceMetrics, VoiceMsg};
 use crate::worker::ModelWorker;
 use crate::{CALL_TIMEOUT, FRAME_PERIOD};
@@ -37,6 +37,7 @@ pub struct BrainConfig {
     pub voice: VoiceConfig,
     pub monologue: MonologueConfig,
     pub reasoner: ReasonerConfig,
+    pub tasks: TasksConfig,
     pub affect: AffectConfig,
     pub face: FaceConfig,
 }
@@ -51,6 +52,7 @@ impl Default for BrainConfig {
             voice: VoiceConfig::default(),
             monologue: MonologueConfig::default(),
             reasoner: ReasonerConfig::default(),
+            tasks: TasksConfig::default(),
             affect: AffectConfig::default(),
             face: FaceConfig::default(),
         }
@@ -75,7 +77,7 @@ pub enum BrainError {
          the brain stopped. Last error: {last_error}"
     )]
     RestartIntensity { child: &'static str, failures: u32, limit: u32, window: Duration, last_error: String },
-    #[error("could not start the voice model thread: {0}")]
+    #[error("could not start the voice threads: {0}")]
     Worker(String),
 }
 
@@ -137,8 +139,53 @@ impl Slots {
     }
 }
 
+/// A single-threaded runtime on its own OS thread, home of the voice actor: the fast loop
+/// never queues behind slow-loop or HTTP work on the shared async workers.
+struct LoopRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoopRuntime {
+    fn start() -> std::io::Result<LoopRuntime> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("voice-loop".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = handle_tx.send(Ok(rt.handle().clone()));
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the voice loop thread died at start"))??;
+        Ok(LoopRuntime { handle, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for LoopRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The root supervisor: the children's definitions, cloned for each (re)start.
 struct Brain {
+    /// Where the voice actor runs (see [`LoopRuntime`]).
+    voice_runtime: tokio::runtime::Handle,
     config: BrainConfig,
     voice: Voice,
     monologue: Monologue,
@@ -176,33 +223,29 @@ impl Brain {
         let err = |e: ractor::SpawnErr| e.to_string();
         let id = match child {
             Child::Voice => {
-                let (r, _) = Actor::spawn_linked(None, self.voice.clone(), (), sup).await.map_err(err)?;
-                self.slots.voice.set(r.clone());
+                let voice = self.voice.clone();
+                let spawned = self.voice_runtime.spawn(async move { Actor::spawn_linked(None, voice, (), sup).await });
+                let (r, _) = spawned.await.map_err(|e| e.to_string())?.map_err(err)?;
                 r.get_id()
             }
             Child::Monologue => {
                 let (r, _) = Actor::spawn_linked(None, self.monologue.clone(), (), sup).await.map_err(err)?;
-                self.slots.monologue.set(r.clone());
                 r.get_id()
             }
             Child::Reasoner => {
                 let (r, _) = Actor::spawn_linked(None, self.reasoner.clone(), (), sup).await.map_err(err)?;
-                self.slots.reasoner.set(r.clone());
                 r.get_id()
             }
             Child::Tasks => {
                 let (r, _) = Actor::spawn_linked(None, self.tasks.clone(), (), sup).await.map_err(err)?;
-                self.slots.tasks.set(r.clone());
                 r.get_id()
             }
             Child::Affect => {
                 let (r, _) = Actor::spawn_linked(None, self.affect.clone(), (), sup).await.map_err(err)?;
-                self.slots.affect.set(r.clone());
                 r.get_id()
             }
             Child::Face => {
                 let (r, _) = Actor::spawn_linked(None, self.face.clone(), (), sup).await.map_err(err)?;
-                self.slots.face.set(r.clone());
                 r.get_id()
             }
         };
@@ -355,6 +398,8 @@ pub enum SnapshotError {
 /// The running brain: typed handles to every actor and the audio plumbing.
 pub struct BrainHandle {
     root: ActorRef<BrainMsg>,
+    /// Stops the voice loop's thread when the handle goes (after the actors have stopped).
+    _voice_runtime: LoopRuntime,
     join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     fatal: Arc<Mutex<Option<BrainError>>>,
     stats: Arc<ActorStats>,
@@ -408,13 +453,15 @@ impl BrainHandle {
 
         let stats = Arc::new(ActorStats::new("brain"));
         let fatal = Arc::new(Mutex::new(None));
+        let voice_runtime = LoopRuntime::start().map_err(|e| BrainError::Worker(e.to_string()))?;
         let brain = Brain {
+            voice_runtime: voice_runtime.handle.clone(),
             voice: Voice {
                 config: config.voice.clone(),
                 clock,
                 worker: Arc::new(worker),
                 metrics,
-                stats: Arc::clone(slots.voice.stats()),
+                slot: slots.voice.clone(),
                 inbox: Arc::clone(&inbox),
                 audio_out: audio_out.clone(),
                 monologue: monologue.clone(),
@@ -425,25 +472,30 @@ impl BrainHandle {
                 config: config.monologue.clone(),
                 reasoner: reasoner.clone(),
                 affect: affect.clone(),
-                stats: Arc::clone(slots.monologue.stats()),
+                slot: slots.monologue.clone(),
             },
             reasoner: Reasoner {
                 config: config.reasoner.clone(),
                 planner: ports.planner,
                 tasks: tasks.clone(),
-                stats: Arc::clone(slots.reasoner.stats()),
+                slot: slots.reasoner.clone(),
             },
-            tasks: Tasks { store: ports.store, affect: affect.clone(), stats: Arc::clone(slots.tasks.stats()) },
+            tasks: Tasks {
+                config: config.tasks.clone(),
+                store: ports.store,
+                affect: affect.clone(),
+                slot: slots.tasks.clone(),
+            },
             affect: Affect {
                 config: config.affect.clone(),
                 face: face.clone(),
-                stats: Arc::clone(slots.affect.stats()),
+                slot: slots.affect.clone(),
             },
             face: Face {
                 config: config.face.clone(),
                 clock,
                 outlet,
-                stats: Arc::clone(slots.face.stats()),
+                slot: slots.face.clone(),
             },
             slots,
             config,
@@ -459,6 +511,7 @@ impl BrainHandle {
         };
         Ok(BrainHandle {
             root,
+            _voice_runtime: voice_runtime,
             join: tokio::sync::Mutex::new(Some(join)),
             fatal,
             stats,

@@ -207,7 +207,8 @@ pub struct Face {
     pub(crate) config: FaceConfig,
     pub(crate) clock: TickClock,
     pub(crate) outlet: FaceOutlet,
-    pub(crate) stats: Arc<ActorStats>,
+    /// Where this actor registers each incarnation (and counts its messages).
+    pub(crate) slot: Slot<FaceMsg>,
 }
 
 pub struct FaceState {
@@ -263,7 +264,9 @@ impl Actor for Face {
     type State = FaceState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<FaceMsg>, _: ()) -> Result<FaceState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<FaceMsg>, _: ()) -> Result<FaceState, ActorProcessingErr> {
+        // Registered before the first message is handled, so no reply can miss it.
+        self.slot.set(myself.clone());
         // Continue the sequence of a previous incarnation, so phones see no jump backwards.
         let last = self.outlet.borrow().frame.clone();
         Ok(FaceState {
@@ -295,7 +298,7 @@ impl Actor for Face {
             #[cfg(feature = "fault-injection")]
             FaceMsg::Crash => panic!("injected fault in face"),
         }
-        self.stats.mark_handled();
+        self.slot.stats().mark_handled();
         Ok(())
     }
 }

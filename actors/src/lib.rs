@@ -10,7 +10,8 @@
 //!   (one-for-one, with a restart-intensity limit) and hands out a [`Brain`] handle.
 //! - [`voice`]: the fast loop, ticking every 80 ms on absolute deadlines; model compute runs
 //!   on the dedicated thread in [`worker`].
-//! - [`monologue`]: the inner-monologue watcher; [`intent`] holds its phrase grammar.
+//! - [`monologue`]: the inner-monologue watcher; [`intent`] holds its phrase grammar and
+//!   [`classifier`] the trained model that confirms, vetoes or rescues what the grammar reads.
 //! - [`reasoner`]: the slow loop that turns intents into `do_physical_task` tool calls;
 //!   [`rules`] is its embedded planner.
 //! - [`tasks`]: the durable task ledger and the task lifecycle.
@@ -23,6 +24,7 @@
 pub mod affect;
 pub mod audio;
 pub mod brain;
+pub mod classifier;
 pub mod clock;
 pub mod face;
 pub mod histogram;

@@ -1,7 +1,9 @@
 //! `monologue`: the inner-monologue watcher. A passive tap on the voice's text stream: it
 //! gathers pieces into rolling phrases (closed by sentence punctuation or a pause), reads
-//! each phrase for a physical-task intent, and casts what it finds to `reasoner`. It never
-//! makes the voice wait: pieces arrive by cast and nothing here answers back.
+//! each phrase for a physical-task intent (the grammar in [`crate::intent`] first, then the
+//! trained [`crate::classifier`] to confirm, veto or rescue), ignores repeats, and casts
+//! what it finds to `reasoner`. It never makes the voice wait: pieces arrive by cast and
+//! nothing here answers back.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
 use crate::affect::{AffectEvent, AffectHandle};
-use crate::intent;
+use crate::classifier::{Decision, IntentClassifier};
 use crate::ports::{Action, Intent};
 use crate::reasoner::ReasonerHandle;
 use crate::slot::{ActorStats, CallError, Slot};
@@ -86,7 +88,8 @@ pub struct Monologue {
     pub(crate) config: MonologueConfig,
     pub(crate) reasoner: ReasonerHandle,
     pub(crate) affect: AffectHandle,
-    pub(crate) stats: Arc<ActorStats>,
+    /// Where this actor registers each incarnation (and counts its messages).
+    pub(crate) slot: Slot<MonologueMsg>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +107,11 @@ struct IntentSummary {
     object: String,
     destination: Option<String>,
     confidence: f32,
+    /// `rules+classifier`, `classifier` or `rules`; `vetoed` when the grammar read a task
+    /// but the classifier judged the phrase a near-miss.
+    detector: &'static str,
+    /// The classifier's probability that the phrase is a task.
+    score: f32,
     /// Ignored as a repeat of an intent fired moments ago.
     repeat: bool,
 }
@@ -120,6 +128,8 @@ pub struct MonologueState {
     phrases_closed: u64,
     intents_fired: u64,
     repeats_ignored: u64,
+    /// Phrases the grammar read as tasks but the classifier judged near-misses.
+    vetoed: u64,
 }
 
 impl Monologue {
@@ -148,38 +158,57 @@ impl Monologue {
         }
         state.phrases_closed += 1;
         let mut record = PhraseRecord { text: text.clone(), tick: state.last_tick, closed_by, intent: None };
-        if let Some(parsed) = intent::parse(&text) {
-            let key = (parsed.action, parsed.object.clone(), parsed.destination.clone());
-            let now = Instant::now();
-            state.fired.retain(|(_, at)| now.duration_since(*at) < self.config.dedupe_window);
-            let repeat = state.fired.iter().any(|(k, _)| *k == key);
-            record.intent = Some(IntentSummary {
-                action: parsed.action,
-                object: parsed.object.clone(),
-                destination: parsed.destination.clone(),
-                confidence: parsed.confidence,
-                repeat,
-            });
-            if repeat {
-                state.repeats_ignored += 1;
-            } else {
-                state.fired.push_back((key, now));
-                state.intents_fired += 1;
-                let recent = state.phrases.iter().map(|p| p.text.clone()).collect();
-                let intent = Intent {
-                    task: parsed.into_task(&text),
-                    tick: state.last_tick,
-                    detector: "rules".into(),
-                };
-                tracing::info!(
-                    action = intent.task.action.as_str(),
-                    object = %intent.task.object,
-                    phrase = %text,
-                    "physical-task intent"
-                );
-                self.affect.event(AffectEvent::IntentDetected);
-                self.reasoner.intent(intent, recent);
+        match IntentClassifier::embedded().decide(&text) {
+            Decision::Fire(found) => {
+                let parsed = found.task;
+                let key = (parsed.action, parsed.object.clone(), parsed.destination.clone());
+                let now = Instant::now();
+                state.fired.retain(|(_, at)| now.duration_since(*at) < self.config.dedupe_window);
+                let repeat = state.fired.iter().any(|(k, _)| *k == key);
+                record.intent = Some(IntentSummary {
+                    action: parsed.action,
+                    object: parsed.object.clone(),
+                    destination: parsed.destination.clone(),
+                    confidence: parsed.confidence,
+                    detector: found.detector.as_str(),
+                    score: found.score,
+                    repeat,
+                });
+                if repeat {
+                    state.repeats_ignored += 1;
+                } else {
+                    state.fired.push_back((key, now));
+                    state.intents_fired += 1;
+                    let recent = state.phrases.iter().map(|p| p.text.clone()).collect();
+                    let intent = Intent {
+                        task: parsed.into_task(&text),
+                        tick: state.last_tick,
+                        detector: found.detector.as_str().into(),
+                    };
+                    tracing::info!(
+                        action = intent.task.action.as_str(),
+                        object = %intent.task.object,
+                        detector = %intent.detector,
+                        phrase = %text,
+                        "physical-task intent"
+                    );
+                    self.affect.event(AffectEvent::IntentDetected);
+                    self.reasoner.intent(intent, recent);
+                }
             }
+            Decision::Vetoed { task, score } => {
+                state.vetoed += 1;
+                record.intent = Some(IntentSummary {
+                    action: task.action,
+                    object: task.object,
+                    destination: task.destination,
+                    confidence: task.confidence,
+                    detector: "vetoed",
+                    score,
+                    repeat: false,
+                });
+            }
+            Decision::NoTask { .. } => {}
         }
         push_bounded(&mut state.phrases, record);
     }
@@ -191,6 +220,7 @@ impl Monologue {
             "phrases_closed": state.phrases_closed,
             "intents_fired": state.intents_fired,
             "repeats_ignored": state.repeats_ignored,
+            "vetoed": state.vetoed,
             "recent_pieces": state.pieces,
             "recent_phrases": state.phrases,
             "text": state.pieces.iter().map(|p| &*p.text).collect::<String>(),
@@ -212,9 +242,17 @@ impl Actor for Monologue {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<MonologueMsg>,
+        myself: ActorRef<MonologueMsg>,
         _: (),
     ) -> Result<MonologueState, ActorProcessingErr> {
+        // Registered before the first message is handled, so no reply can miss it.
+        self.slot.set(myself.clone());
+        // Train the classifier (once per process) before the first phrase, off the async
+        // workers; a restarted watcher finds it trained.
+        tokio::task::spawn_blocking(|| {
+            IntentClassifier::embedded();
+        })
+        .await?;
         Ok(MonologueState {
             phrase: String::new(),
             last_tick: 0,
@@ -226,6 +264,7 @@ impl Actor for Monologue {
             phrases_closed: 0,
             intents_fired: 0,
             repeats_ignored: 0,
+            vetoed: 0,
         })
     }
 
@@ -248,7 +287,7 @@ impl Actor for Monologue {
             #[cfg(feature = "fault-injection")]
             MonologueMsg::Crash => panic!("injected fault in monologue"),
         }
-        self.stats.mark_handled();
+        self.slot.stats().mark_handled();
         Ok(())
     }
 }

@@ -94,7 +94,8 @@ pub struct Reasoner {
     pub(crate) config: ReasonerConfig,
     pub(crate) planner: Arc<dyn Planner>,
     pub(crate) tasks: TasksHandle,
-    pub(crate) stats: Arc<ActorStats>,
+    /// Where this actor registers each incarnation (and counts its messages).
+    pub(crate) slot: Slot<ReasonerMsg>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,9 +241,11 @@ impl Actor for Reasoner {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<ReasonerMsg>,
+        myself: ActorRef<ReasonerMsg>,
         _: (),
     ) -> Result<ReasonerState, ActorProcessingErr> {
+        // Registered before the first message is handled, so no reply can miss it.
+        self.slot.set(myself.clone());
         Ok(ReasonerState {
             work: JoinSet::new(),
             running: HashMap::new(),
@@ -298,7 +301,8 @@ impl Actor for Reasoner {
                             if let Some(why) = &done.fallback {
                                 state.fallbacks += 1;
                                 state.last_fallback = Some(why.clone());
-                                tracing::warn!(id, reason = %why, "planner fell back to rules");
+                                // The planner already warned, with its own details.
+                                tracing::debug!(id, reason = %why, "planner fell back to rules");
                             }
                             Record {
                                 id,
@@ -365,7 +369,7 @@ impl Actor for Reasoner {
             #[cfg(feature = "fault-injection")]
             ReasonerMsg::Crash => panic!("injected fault in reasoner"),
         }
-        self.stats.mark_handled();
+        self.slot.stats().mark_handled();
         Ok(())
     }
 }

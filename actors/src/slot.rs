@@ -138,6 +138,11 @@ impl ActorStats {
         self.sent.store(self.handled.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// A message that could not be delivered to any incarnation.
+    pub fn count_undelivered(&self) {
+        self.undelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
@@ -230,6 +235,25 @@ impl<M: Message> Slot<M> {
             self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
         }
         delivered
+    }
+
+    /// Cast, handing the message back when no incarnation can take it (the caller may
+    /// retry). Nothing is counted as undelivered.
+    pub fn try_cast(&self, msg: M) -> Result<(), M> {
+        let guard = self.current.load();
+        let Some(actor) = guard.as_ref() else { return Err(msg) };
+        match actor.cast(msg) {
+            Ok(()) => {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(ractor::MessagingErr::SendErr(m)) => Err(m),
+            // The other variants carry no message; a cast never produces them.
+            Err(_) => {
+                self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     /// Ask and wait for the answer, at most `timeout`.

@@ -1,17 +1,27 @@
-//! `tasks`: the task ledger. Every `do_physical_task` call becomes a [`Task`] that is
-//! written to the [`TaskStore`] and flushed before anyone is told it exists; every state
-//! change follows the lifecycle in [`TaskState::can_become`] and lands in the task's
-//! history. Task outcomes are passed on to `affect`.
+//! `tasks`: the task ledger and delivery to the body. Every `do_physical_task` call becomes
+//! a [`Task`] that is written to the [`TaskStore`] and flushed before anyone is told it
+//! exists; every state change follows the lifecycle in [`TaskState::can_become`] and lands
+//! in the task's history.
+//!
+//! Delivery is at least once, with the task id as the idempotency key: a task is sent to
+//! the body when it is filed (if a body is attached), every unfinished task is sent again
+//! when a body attaches (after a reconnect or a brain restart), and a task the body has not
+//! acknowledged within `redeliver_after` is sent again. One body at a time. Task outcomes
+//! are passed on to `affect`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::affect::{AffectEvent, AffectHandle};
-use crate::ports::{PhysicalTask, PlanStep, StoreError, Task, TaskSource, TaskState, TaskStore};
+use crate::ports::{
+    now_ms, BodyCommand, BodyReport, BodyState, PhysicalTask, PlanStep, Progress, StoreError, Task,
+    TaskSource, TaskState, TaskStore,
+};
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::CALL_TIMEOUT;
 
@@ -27,10 +37,27 @@ pub enum TaskError {
     Invalid(String),
     #[error("{0}")]
     Lifecycle(String),
+    #[error("a body is already attached; one body at a time")]
+    BodyBusy,
+    #[error("this body session is no longer attached")]
+    Detached,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Call(#[from] CallError),
+}
+
+/// Ledger settings (from `[body]` in the config file).
+#[derive(Debug, Clone)]
+pub struct TasksConfig {
+    /// A task sent to the body and not acknowledged within this is sent again.
+    pub redeliver_after: Duration,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig { redeliver_after: Duration::from_secs(5) }
+    }
 }
 
 #[derive(Debug)]
@@ -44,13 +71,16 @@ pub enum TasksMsg {
     },
     Get { id: String, reply: RpcReplyPort<Result<Task, TaskError>> },
     List { reply: RpcReplyPort<Result<Vec<Task>, TaskError>> },
-    /// Move a task along its lifecycle.
-    Update {
-        id: String,
-        state: TaskState,
-        detail: Option<String>,
-        reply: RpcReplyPort<Result<Task, TaskError>>,
-    },
+    /// Cancel a task that has not finished (and tell the body, if it has it).
+    Cancel { id: String, reply: RpcReplyPort<Result<Task, TaskError>> },
+    /// A body connected; tool calls go to `outbox`. Replies with the session number.
+    AttachBody { outbox: mpsc::Sender<BodyCommand>, reply: RpcReplyPort<Result<u64, TaskError>> },
+    /// The body of `session` went away.
+    DetachBody { session: u64 },
+    /// The body of `session` reports on a task.
+    BodyReport { session: u64, report: BodyReport, reply: RpcReplyPort<Result<Task, TaskError>> },
+    /// Send again what the body has not acknowledged (from the actor's own timer).
+    Redeliver,
     /// Counts by state, kept in memory.
     Summary(RpcReplyPort<TaskSummary>),
     Snapshot(RpcReplyPort<serde_json::Value>),
@@ -58,17 +88,20 @@ pub enum TasksMsg {
     Crash,
 }
 
-#[derive(Clone, Debug)]
-pub struct TasksHandle {
-    slot: Slot<TasksMsg>,
-}
-
 /// Counts of tasks by state, for `/api/state`.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TaskSummary {
     pub total: u64,
     pub by_state: BTreeMap<String, u64>,
     pub last_created: Option<String>,
+    /// Whether a body is attached right now.
+    #[serde(default)]
+    pub body_attached: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TasksHandle {
+    slot: Slot<TasksMsg>,
 }
 
 impl TasksHandle {
@@ -76,12 +109,7 @@ impl TasksHandle {
         TasksHandle { slot }
     }
 
-    pub async fn create(
-        &self,
-        args: PhysicalTask,
-        source: TaskSource,
-        plan: Option<PlanStep>,
-    ) -> Result<Task, TaskError> {
+    pub async fn create(&self, args: PhysicalTask, source: TaskSource, plan: Option<PlanStep>) -> Result<Task, TaskError> {
         self.slot.call(|reply| TasksMsg::Create { args, source, plan, reply }, WRITE_TIMEOUT).await?
     }
 
@@ -94,14 +122,22 @@ impl TasksHandle {
         self.slot.call(|reply| TasksMsg::List { reply }, WRITE_TIMEOUT).await?
     }
 
-    pub async fn update(
-        &self,
-        id: &str,
-        state: TaskState,
-        detail: Option<String>,
-    ) -> Result<Task, TaskError> {
+    pub async fn cancel(&self, id: &str) -> Result<Task, TaskError> {
         let id = id.to_string();
-        self.slot.call(|reply| TasksMsg::Update { id, state, detail, reply }, WRITE_TIMEOUT).await?
+        self.slot.call(|reply| TasksMsg::Cancel { id, reply }, WRITE_TIMEOUT).await?
+    }
+
+    /// Attach a body; every unfinished task is sent to `outbox` right away.
+    pub async fn attach_body(&self, outbox: mpsc::Sender<BodyCommand>) -> Result<u64, TaskError> {
+        self.slot.call(|reply| TasksMsg::AttachBody { outbox, reply }, WRITE_TIMEOUT).await?
+    }
+
+    pub fn detach_body(&self, session: u64) {
+        self.slot.cast(TasksMsg::DetachBody { session });
+    }
+
+    pub async fn body_report(&self, session: u64, report: BodyReport) -> Result<Task, TaskError> {
+        self.slot.call(|reply| TasksMsg::BodyReport { session, report, reply }, WRITE_TIMEOUT).await?
     }
 
     pub async fn summary(&self) -> Result<TaskSummary, CallError> {
@@ -124,15 +160,43 @@ impl TasksHandle {
 
 #[derive(Clone)]
 pub struct Tasks {
+    pub(crate) config: TasksConfig,
     pub(crate) store: Arc<dyn TaskStore>,
     pub(crate) affect: AffectHandle,
-    pub(crate) stats: Arc<ActorStats>,
+    /// Where this actor registers each incarnation (and counts its messages).
+    pub(crate) slot: Slot<TasksMsg>,
+}
+
+struct Body {
+    session: u64,
+    outbox: mpsc::Sender<BodyCommand>,
+    since_ms: u64,
+}
+
+/// Aborts a timer task when the state that owns it is dropped.
+struct TimerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TimerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub struct TasksState {
     summary: TaskSummary,
+    /// Every unfinished task, by id (ids sort in creation order).
+    open: BTreeMap<String, Task>,
+    body: Option<Body>,
+    next_session: u64,
     writes: u64,
     write_errors: u64,
+    deliveries: u64,
+    redeliveries: u64,
+    /// Tool calls that found the body's outbox full (they are retried).
+    outbox_full: u64,
+    reports: u64,
+    rejected_reports: u64,
+    _redeliver_timer: TimerGuard,
 }
 
 /// Run a blocking store call on the blocking pool.
@@ -159,53 +223,232 @@ impl Tasks {
         args.validate().map_err(TaskError::Invalid)?;
         let n = blocking(&self.store, |s| s.next_id()).await?;
         let task = Task::new(format!("task-{n:06}"), args, source, plan);
-        self.write(state, task.clone()).await?;
+        self.write(state, &task, None).await?;
         state.summary.total += 1;
-        *state.summary.by_state.entry(TaskState::Pending.as_str().into()).or_default() += 1;
         state.summary.last_created = Some(task.id.clone());
         tracing::info!(id = %task.id, action = task.arguments.action.as_str(), object = %task.arguments.object, "task filed");
-        Ok(task)
+        let created = task.clone();
+        self.deliver(state, task).await;
+        Ok(created)
     }
 
-    async fn write(&self, state: &mut TasksState, task: Task) -> Result<(), TaskError> {
-        state.writes += 1;
-        let result = blocking(&self.store, move |s| s.put(&task)).await;
-        if result.is_err() {
-            state.write_errors += 1;
-        }
-        result
+    /// Write `task`, flushed to disk before this returns, and keep the in-memory views in
+    /// step (`before`: its previous state).
+    async fn write(&self, state: &mut TasksState, task: &Task, before: Option<TaskState>) -> Result<(), TaskError> {
+        self.store_task(state, task, before, true).await
     }
 
-    async fn get(&self, id: String) -> Result<Task, TaskError> {
-        let wanted = id.clone();
-        blocking(&self.store, move |s| s.get(&wanted)).await?.ok_or(TaskError::NotFound(id))
-    }
-
-    async fn update(
+    /// Like [`Tasks::write`]; with `durable` false it does not wait for the disk. Only the
+    /// delivery bookkeeping is written that way: if a crash loses it, the task is still
+    /// unfinished on disk and is simply delivered again.
+    async fn store_task(
         &self,
         state: &mut TasksState,
-        id: String,
+        task: &Task,
+        before: Option<TaskState>,
+        durable: bool,
+    ) -> Result<(), TaskError> {
+        state.writes += 1;
+        let record = task.clone();
+        let written = blocking(&self.store, move |s| if durable { s.put(&record) } else { s.put_lazy(&record) }).await;
+        if let Err(e) = written {
+            state.write_errors += 1;
+            return Err(e);
+        }
+        if before != Some(task.state) {
+            if let Some(b) = before {
+                if let Some(n) = state.summary.by_state.get_mut(b.as_str()) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            *state.summary.by_state.entry(task.state.as_str().into()).or_default() += 1;
+        }
+        if task.state.is_terminal() {
+            state.open.remove(&task.id);
+        } else {
+            state.open.insert(task.id.clone(), task.clone());
+        }
+        Ok(())
+    }
+
+    /// Send `task` to the attached body, if any; a pending task becomes dispatched.
+    async fn deliver(&self, state: &mut TasksState, mut task: Task) {
+        let Some(body) = &state.body else { return };
+        let cmd = BodyCommand::ToolCall {
+            id: task.id.clone(),
+            name: task.tool.clone(),
+            arguments: task.arguments.clone(),
+        };
+        match body.outbox.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                state.outbox_full += 1;
+                return; // still unacknowledged: the redelivery timer tries again
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                state.body = None;
+                return;
+            }
+        }
+        state.deliveries += 1;
+        if task.deliveries > 0 {
+            state.redeliveries += 1;
+        }
+        task.deliveries += 1;
+        let before = task.state;
+        if before == TaskState::Pending {
+            // Cannot fail: pending may always become dispatched.
+            let _ = task.transition(TaskState::Dispatched, None);
+        } else {
+            task.updated_ms = now_ms();
+        }
+        if let Err(e) = self.store_task(state, &task, Some(before), false).await {
+            tracing::error!(id = %task.id, cause = %e, "could not record a delivery");
+        }
+    }
+
+    async fn find(&self, state: &TasksState, id: &str) -> Result<Task, TaskError> {
+        if let Some(task) = state.open.get(id) {
+            return Ok(task.clone());
+        }
+        let wanted = id.to_string();
+        blocking(&self.store, move |s| s.get(&wanted)).await?.ok_or_else(|| TaskError::NotFound(id.to_string()))
+    }
+
+    async fn transition(
+        &self,
+        state: &mut TasksState,
+        mut task: Task,
         next: TaskState,
         detail: Option<String>,
     ) -> Result<Task, TaskError> {
-        let mut task = self.get(id).await?;
         let before = task.state;
         task.transition(next, detail).map_err(TaskError::Lifecycle)?;
-        if next == TaskState::Dispatched {
-            task.deliveries += 1;
-        }
-        self.write(state, task.clone()).await?;
-        if let Some(n) = state.summary.by_state.get_mut(before.as_str()) {
-            *n = n.saturating_sub(1);
-        }
-        *state.summary.by_state.entry(next.as_str().into()).or_default() += 1;
+        self.write(state, &task, Some(before)).await?;
         match next {
-            TaskState::Running if before != TaskState::Running => self.affect.event(AffectEvent::TaskStarted),
+            TaskState::Running => self.affect.event(AffectEvent::TaskStarted),
             TaskState::Succeeded => self.affect.event(AffectEvent::TaskSucceeded),
             TaskState::Failed | TaskState::Rejected => self.affect.event(AffectEvent::TaskFailed),
             _ => {}
         }
         Ok(task)
+    }
+
+    async fn cancel(&self, state: &mut TasksState, id: String) -> Result<Task, TaskError> {
+        let task = self.find(state, &id).await?;
+        let was = task.state;
+        if was.is_terminal() {
+            return Err(TaskError::Lifecycle(format!("task {id} already {}; nothing to cancel", was.as_str())));
+        }
+        let task = self.transition(state, task, TaskState::Cancelled, Some("cancelled on request".into())).await?;
+        if was != TaskState::Pending {
+            if let Some(body) = &state.body {
+                if body.outbox.try_send(BodyCommand::Cancel { id: id.clone() }).is_err() {
+                    tracing::warn!(%id, "could not tell the body to cancel; it will be refused on its next report");
+                }
+            }
+        }
+        Ok(task)
+    }
+
+    async fn attach(&self, state: &mut TasksState, outbox: mpsc::Sender<BodyCommand>) -> Result<u64, TaskError> {
+        if let Some(body) = &state.body {
+            if !body.outbox.is_closed() {
+                return Err(TaskError::BodyBusy);
+            }
+        }
+        state.next_session += 1;
+        let session = state.next_session;
+        state.body = Some(Body { session, outbox, since_ms: now_ms() });
+        state.summary.body_attached = true;
+        let unfinished: Vec<Task> = state.open.values().cloned().collect();
+        tracing::info!(session, unfinished = unfinished.len(), "body attached; sending unfinished tasks");
+        for task in unfinished {
+            self.deliver(state, task).await;
+        }
+        Ok(session)
+    }
+
+    async fn report(&self, state: &mut TasksState, session: u64, report: BodyReport) -> Result<Task, TaskError> {
+        state.reports += 1;
+        if state.body.as_ref().map(|b| b.session) != Some(session) {
+            return Err(TaskError::Detached);
+        }
+        let mut task = self.find(state, &report.id).await?;
+        let next = match report.state {
+            BodyState::Accepted => TaskState::Accepted,
+            BodyState::Running | BodyState::Progress => TaskState::Running,
+            BodyState::Succeeded => TaskState::Succeeded,
+            BodyState::Failed => TaskState::Failed,
+            BodyState::Rejected => TaskState::Rejected,
+        };
+        if let Some(p) = report.progress {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(TaskError::Invalid(format!("progress {p} is outside 0..1")));
+            }
+        }
+        if task.state == TaskState::Cancelled {
+            return Err(TaskError::Lifecycle(format!("task {} was cancelled; stop working on it", task.id)));
+        }
+        // The body has it, whatever the ledger last recorded (say, before a restart).
+        if task.state == TaskState::Pending {
+            task = self.transition(state, task, TaskState::Dispatched, Some("reported by the body".into())).await?;
+        }
+        let news = report.detail.is_some() || report.progress.is_some();
+        if task.state == next {
+            // A repeat (redelivery makes these normal) or progress news: no state change.
+            if next == TaskState::Running && news {
+                task.progress = Some(Progress { fraction: report.progress, detail: report.detail, at_ms: now_ms() });
+                task.updated_ms = now_ms();
+                self.write(state, &task, Some(next)).await?;
+            }
+            return Ok(task);
+        }
+        if task.state.is_terminal() {
+            return Err(TaskError::Lifecycle(format!(
+                "task {} already {}; a report of {} comes too late",
+                task.id,
+                task.state.as_str(),
+                next.as_str()
+            )));
+        }
+        if next == TaskState::Running && news {
+            task.progress = Some(Progress { fraction: report.progress, detail: report.detail.clone(), at_ms: now_ms() });
+        }
+        self.transition(state, task, next, report.detail).await
+    }
+
+    async fn redeliver(&self, state: &mut TasksState) {
+        if state.body.is_none() {
+            return;
+        }
+        let cutoff = now_ms().saturating_sub(self.config.redeliver_after.as_millis() as u64);
+        let due: Vec<Task> = state
+            .open
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Pending | TaskState::Dispatched) && t.updated_ms <= cutoff)
+            .cloned()
+            .collect();
+        for task in due {
+            tracing::info!(id = %task.id, deliveries = task.deliveries, "no answer from the body; sending again");
+            self.deliver(state, task).await;
+        }
+    }
+
+    fn snapshot(&self, state: &TasksState) -> serde_json::Value {
+        serde_json::json!({
+            "summary": state.summary,
+            "open": state.open.keys().collect::<Vec<_>>(),
+            "body": state.body.as_ref().map(|b| serde_json::json!({"session": b.session, "since_ms": b.since_ms})),
+            "deliveries": state.deliveries,
+            "redeliveries": state.redeliveries,
+            "outbox_full": state.outbox_full,
+            "reports": state.reports,
+            "rejected_reports": state.rejected_reports,
+            "writes": state.writes,
+            "write_errors": state.write_errors,
+            "redeliver_after_ms": self.config.redeliver_after.as_millis() as u64,
+        })
     }
 }
 
@@ -214,53 +457,83 @@ impl Actor for Tasks {
     type State = TasksState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<TasksMsg>, _: ()) -> Result<TasksState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<TasksMsg>, _: ()) -> Result<TasksState, ActorProcessingErr> {
+        // Registered before the first message is handled, so no reply can miss it.
+        self.slot.set(myself.clone());
         let tasks = blocking(&self.store, |s| s.list()).await?;
         let mut summary = TaskSummary::default();
         for st in TaskState::ALL {
             summary.by_state.insert(st.as_str().into(), 0);
         }
+        let mut open = BTreeMap::new();
         for task in &tasks {
             summary.total += 1;
             *summary.by_state.entry(task.state.as_str().into()).or_default() += 1;
+            if !task.state.is_terminal() {
+                open.insert(task.id.clone(), task.clone());
+            }
         }
         summary.last_created = tasks.last().map(|t| t.id.clone());
-        Ok(TasksState { summary, writes: 0, write_errors: 0 })
+        let period = (self.config.redeliver_after / 2).max(Duration::from_millis(50));
+        let timer = myself.send_interval(period, || TasksMsg::Redeliver);
+        Ok(TasksState {
+            summary,
+            open,
+            body: None,
+            next_session: 0,
+            writes: 0,
+            write_errors: 0,
+            deliveries: 0,
+            redeliveries: 0,
+            outbox_full: 0,
+            reports: 0,
+            rejected_reports: 0,
+            _redeliver_timer: TimerGuard(timer),
+        })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<TasksMsg>,
-        msg: TasksMsg,
-        state: &mut TasksState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<TasksMsg>, msg: TasksMsg, state: &mut TasksState) -> Result<(), ActorProcessingErr> {
         match msg {
             TasksMsg::Create { args, source, plan, reply } => {
                 let _ = reply.send(self.create(state, args, source, plan).await);
             }
             TasksMsg::Get { id, reply } => {
-                let _ = reply.send(self.get(id).await);
+                let _ = reply.send(self.find(state, &id).await);
             }
             TasksMsg::List { reply } => {
                 let _ = reply.send(blocking(&self.store, |s| s.list()).await);
             }
-            TasksMsg::Update { id, state: next, detail, reply } => {
-                let _ = reply.send(self.update(state, id, next, detail).await);
+            TasksMsg::Cancel { id, reply } => {
+                let _ = reply.send(self.cancel(state, id).await);
             }
+            TasksMsg::AttachBody { outbox, reply } => {
+                let _ = reply.send(self.attach(state, outbox).await);
+            }
+            TasksMsg::DetachBody { session } => {
+                if state.body.as_ref().map(|b| b.session) == Some(session) {
+                    tracing::info!(session, "body detached");
+                    state.body = None;
+                    state.summary.body_attached = false;
+                }
+            }
+            TasksMsg::BodyReport { session, report, reply } => {
+                let result = self.report(state, session, report).await;
+                if result.is_err() {
+                    state.rejected_reports += 1;
+                }
+                let _ = reply.send(result);
+            }
+            TasksMsg::Redeliver => self.redeliver(state).await,
             TasksMsg::Summary(reply) => {
                 let _ = reply.send(state.summary.clone());
             }
             TasksMsg::Snapshot(reply) => {
-                let _ = reply.send(serde_json::json!({
-                    "summary": state.summary,
-                    "writes": state.writes,
-                    "write_errors": state.write_errors,
-                }));
+                let _ = reply.send(self.snapshot(state));
             }
             #[cfg(feature = "fault-injection")]
             TasksMsg::Crash => panic!("injected fault in tasks"),
         }
-        self.stats.mark_handled();
+        self.slot.stats().mark_handled();
         Ok(())
     }
 }

@@ -289,10 +289,19 @@ impl VoiceHandle {
         self.slot.call(VoiceMsg::Snapshot, CALL_TIMEOUT).await
     }
 
+    /// Hand a step result to the current incarnation. Between incarnations (a restart
+    /// takes milliseconds) the model thread retries briefly rather than lose the result.
     pub(crate) fn step_done(&self, done: StepDone) {
-        if !self.slot.cast(VoiceMsg::StepDone(Box::new(done))) {
-            tracing::warn!("voice step result lost: the voice actor is restarting");
+        let mut msg = VoiceMsg::StepDone(Box::new(done));
+        for _ in 0..100 {
+            match self.slot.try_cast(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        self.slot.stats().count_undelivered();
+        tracing::warn!("voice step result lost: no voice actor for 500 ms");
     }
 
     #[cfg(feature = "fault-injection")]
@@ -308,7 +317,8 @@ pub struct Voice {
     pub(crate) clock: TickClock,
     pub(crate) worker: Arc<ModelWorker>,
     pub(crate) metrics: Arc<VoiceMetrics>,
-    pub(crate) stats: Arc<ActorStats>,
+    /// Where this actor registers each incarnation (and counts its messages).
+    pub(crate) slot: Slot<VoiceMsg>,
     pub(crate) inbox: Arc<AudioInbox>,
     pub(crate) audio_out: broadcast::Sender<AgentFrame>,
     pub(crate) monologue: MonologueHandle,
@@ -550,6 +560,8 @@ impl Actor for Voice {
         myself: ActorRef<VoiceMsg>,
         _: (),
     ) -> Result<VoiceState, ActorProcessingErr> {
+        // Registered before the first message is handled, so no step result can miss it.
+        self.slot.set(myself.clone());
         let ticker = spawn_ticker(myself, self.clock, Arc::clone(&self.metrics))?;
         let hang = self.config.vad_hangover_frames;
         Ok(VoiceState {
@@ -588,7 +600,7 @@ impl Actor for Voice {
             #[cfg(feature = "fault-injection")]
             VoiceMsg::Crash => panic!("injected fault in voice"),
         }
-        self.stats.mark_handled();
+        self.slot.stats().mark_handled();
         Ok(())
     }
 }

@@ -37,12 +37,14 @@ pub(super) async fn state(State(state): State<AppState>) -> Result<Response, Api
     let (affect, tasks, reasoner) =
         tokio::join!(brain.affect.snapshot(), brain.tasks.summary(), brain.reasoner.snapshot());
     let reasoner = reasoner?;
+    let tasks = tasks?;
+    let tasks_attached = tasks.body_attached;
     Ok(Json(json!({
         "uptime_ms": state.inner.started.elapsed().as_millis() as u64,
         "running": brain.is_running(),
         "voice": brain.voice.report(),
         "affect": affect?,
-        "tasks": tasks?,
+        "tasks": tasks,
         "reasoner": {
             "planner": reasoner["planner"],
             "in_flight": reasoner["in_flight"],
@@ -52,6 +54,13 @@ pub(super) async fn state(State(state): State<AppState>) -> Result<Response, Api
         "face": {
             "subscribers": brain.face.subscribers(),
             "sockets": state.inner.face_clients.load(Ordering::Relaxed),
+        },
+        "body": {
+            "attached": tasks_attached,
+            "sessions": state.inner.body.sessions.load(Ordering::Relaxed),
+            "refused_auth": state.inner.body.refused_auth.load(Ordering::Relaxed),
+            "bad_messages": state.inner.body.bad_messages.load(Ordering::Relaxed),
+            "rate_limited": state.inner.body.rate_limited.load(Ordering::Relaxed),
         },
         "audio": {
             "session_open": state.inner.audio_busy.load(Ordering::Relaxed),
@@ -143,6 +152,10 @@ pub(super) async fn list_tasks(State(state): State<AppState>) -> Result<Response
 
 pub(super) async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(state.brain().tasks.get(&id).await?).into_response())
+}
+
+pub(super) async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.brain().tasks.cancel(&id).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,7 @@
 //! drive it with `oneshot`; `serve` runs it on a listener until the shutdown future ends.
 
 mod api;
+mod body;
 pub mod error;
 mod metrics;
 mod ws;
@@ -41,6 +42,7 @@ struct Shared {
     face_clients: AtomicUsize,
     /// One audio session at a time: two microphones in one inbox would be noise.
     audio_busy: AtomicBool,
+    body: Arc<body::BodyCounters>,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
                 started: Instant::now(),
                 face_clients: AtomicUsize::new(0),
                 audio_busy: AtomicBool::new(false),
+                body: Arc::default(),
             }),
         }
     }
@@ -62,6 +65,12 @@ impl AppState {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Keep `/ws/audio` closed because `who` already feeds the fast loop.
+    pub fn reserve_audio(&self, who: &'static str) {
+        self.inner.audio_busy.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(by = who, "phone audio sessions are off: the loop already has a microphone");
     }
 }
 
@@ -75,11 +84,13 @@ pub fn app(state: AppState) -> Router {
         .route("/inspector", get(|| async { page(INSPECTOR_HTML) }))
         .route("/ws/face", get(ws::face))
         .route("/ws/audio", get(ws::audio))
+        .route("/ws/body", get(body::body))
         .route("/api/actors", get(api::actors))
         .route("/api/actors/{name}", get(api::actor))
         .route("/api/state", get(api::state))
         .route("/api/tasks", post(api::create_task).get(api::list_tasks))
         .route("/api/tasks/{id}", get(api::get_task))
+        .route("/api/tasks/{id}/cancel", post(api::cancel_task))
         .route("/api/hear", post(api::hear))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the API") })

@@ -1,5 +1,9 @@
 //! Voice backends behind the `VoiceModel` port, and choosing one from the config.
 
+pub mod moshi;
+#[cfg(feature = "opus")]
+pub mod ogg_opus;
+pub mod remote;
 pub mod sim;
 mod rules;
 mod synth;
@@ -28,9 +32,7 @@ pub fn sim_config(config: &Config) -> SimConfig {
 pub fn build(config: &Config) -> Result<Box<dyn VoiceModel>, VoiceError> {
     match config.voice.backend {
         Backend::Sim => Ok(Box::new(SimVoice::new(sim_config(config)))),
-        other => Err(VoiceError::Unsupported {
-            backend: other.as_str(),
-            what: "this backend is not available in this build yet".into(),
-        }),
+        Backend::Moshi => Ok(Box::new(moshi::MoshiVoice::load(&config.voice.moshi)?)),
+        Backend::MoshiRemote => remote::build(&config.voice.remote),
     }
 }

@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use creature::Service;
 use creature::config::Config;
 use creature::schemas;
-use creature::Service;
 use serde_json::Value;
 
 /// A brain serving on 127.0.0.1 with its own temporary ledger.
@@ -30,23 +30,43 @@ pub async fn start() -> TestBrain {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBrain {
+    start_with_result(tweak).await.expect("the service starts")
+}
+
+pub async fn start_with_result(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<TestBrain> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
-    let service = Service::start(config).await.expect("the service starts");
+    let service = Service::start(config).await?;
     let url = format!("http://{}", service.addr());
-    TestBrain { service, url, http: reqwest::Client::new(), dir }
+    Ok(TestBrain {
+        service,
+        url,
+        http: reqwest::Client::new(),
+        dir,
+    })
 }
 
 impl TestBrain {
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -60,7 +80,11 @@ impl TestBrain {
 pub fn assert_schema(schema: &str, instance: &Value) {
     let validator = schemas::validator(schema).unwrap();
     let errors = schemas::violations(&validator, instance);
-    assert!(errors.is_empty(), "{schema} violated by {instance}:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{schema} violated by {instance}:\n{}",
+        errors.join("\n")
+    );
 }
 
 /// Poll `check` until it returns `Some`, or panic after `limit`.
@@ -74,7 +98,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

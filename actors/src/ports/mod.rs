@@ -2,14 +2,16 @@
 //! crosses them. The service implements these with real dependencies (candle, an LLM client,
 //! sled); the actors' own tests use the small in-memory implementations found here.
 
+mod body;
 mod planner;
 mod store;
 mod voice;
 
+pub use body::{BodyCommand, BodyReport, BodyState};
 pub use planner::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
 pub use store::{
-    now_ms, MemoryTaskStore, PlanStep, StoreError, Task, TaskEvent, TaskSource, TaskState,
-    TaskStore,
+    now_ms, MemoryTaskStore, PlanStep, Progress, StoreError, Task, TaskEvent, TaskSource,
+    TaskState, TaskStore,
 };
 pub use voice::{
     StepOutput, VoiceError, VoiceModel, FRAME_PERIOD, FRAME_SAMPLES,

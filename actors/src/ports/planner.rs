@@ -110,7 +110,8 @@ pub struct Intent {
     pub task: PhysicalTask,
     /// The voice tick on which the phrase completed.
     pub tick: u64,
-    /// Which detector fired: `rules` or `classifier`.
+    /// Which detector fired: `rules+classifier` (the grammar read it, the classifier
+    /// agreed), `classifier` (a rescue) or `rules` (no classifier available).
     pub detector: String,
 }
 

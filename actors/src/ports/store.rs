@@ -136,7 +136,21 @@ pub struct Task {
     pub updated_ms: u64,
     /// How many times it was sent to a body.
     pub deliveries: u32,
+    /// The body's latest progress report while it works on the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     pub history: Vec<TaskEvent>,
+}
+
+/// How far along the body says it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0..1, when the body can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub at_ms: u64,
 }
 
 impl Task {
@@ -155,6 +169,7 @@ impl Task {
             created_ms: at_ms,
             updated_ms: at_ms,
             deliveries: 0,
+            progress: None,
             history: vec![TaskEvent { state: TaskState::Pending, at_ms, detail: None }],
         }
     }
@@ -193,6 +208,11 @@ pub trait TaskStore: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Write `task`; when this returns `Ok`, the record is on disk (flushed).
     fn put(&self, task: &Task) -> Result<(), StoreError>;
+    /// Write `task` without waiting for the disk: for changes that are recovered anyway if
+    /// lost (a delivery, a body's interim report, which the body repeats on redelivery).
+    fn put_lazy(&self, task: &Task) -> Result<(), StoreError> {
+        self.put(task)
+    }
     fn get(&self, id: &str) -> Result<Option<Task>, StoreError>;
     /// Every task, oldest first.
     fn list(&self) -> Result<Vec<Task>, StoreError>;

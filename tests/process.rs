@@ -1,0 +1,225 @@
+//! The `creature` binary as a person runs it: `serve` in its own process, the client
+//! commands against it, and the ledger surviving a hard kill.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_creature");
+
+/// `creature serve` on a free port; returns the process and its base URL.
+fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
+    let addr = if extra.contains(&"--addr") { vec![] } else { vec!["--addr", "127.0.0.1:0"] };
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(addr)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env("CREATURE_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("creature serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("creature: listening on ") {
+                let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("serve prints where it listens");
+    (child, url)
+}
+
+fn cli(args: &[&str], url: &str) -> Output {
+    Command::new(BIN).args(args).env("CREATURE_URL", url).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_survives_a_hard_kill_with_nothing_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut first, url) = serve(data.path(), &[]);
+    let http = reqwest::Client::new();
+    let mut created = Vec::new();
+    for utterance in ["bring me the cup", "pick up the red ball", "put the book on the shelf", "open the door"] {
+        let resp = http.post(format!("{url}/api/tasks")).json(&json!({"utterance": utterance})).send().await.unwrap();
+        assert_eq!(resp.status(), 201);
+        created.push(resp.json::<Value>().await.unwrap());
+    }
+    // Created means durable: kill -9 right after the last 201.
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let (mut second, url) = serve(data.path(), &[]);
+    let after = get(&format!("{url}/api/tasks")).await;
+    assert_eq!(after.as_array().unwrap(), &created, "every task, unchanged, after the restart");
+    let state = get(&format!("{url}/api/state")).await;
+    assert_eq!(state["tasks"]["total"], 4);
+    // New ids never collide with the old ones.
+    let resp = http.post(format!("{url}/api/tasks")).json(&json!({"utterance": "close the window"})).send().await.unwrap();
+    let new: Value = resp.json().await.unwrap();
+    assert!(created.iter().all(|t| t["id"] != new["id"]), "{new}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_print_readable_tables() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, url) = serve(data.path(), &[]);
+
+    let out = cli(&["actors"], &url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("ACTOR"), "{text}");
+    for name in ["brain", "voice", "monologue", "reasoner", "tasks", "affect", "face"] {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(line.contains("running"), "{line}");
+    }
+
+    let out = cli(&["task", "bring me the cup"], &url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("task-") && text.contains("bring") && text.contains("cup") && text.contains("pending"), "{text}");
+
+    let out = cli(&["task", "what a lovely day"], &url);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no_physical_task"), "{}", stderr(&out));
+
+    let out = cli(&["hear", "hello"], &url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("heard: hello"), "{}", stdout(&out));
+
+    let out = cli(&["state"], &url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("voice backend") && text.contains("sim") && text.contains("tick jitter"), "{text}");
+
+    let out = cli(&["tasks"], &url);
+    assert!(stdout(&out).lines().count() == 2, "{}", stdout(&out));
+
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = cli(&["actors"], &url);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot reach the brain"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("creature.toml");
+    std::fs::write(&path, "[voice]\nbakend = \"sim\"\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bakend") && err.contains("creature.toml"), "{err}");
+
+    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/creature.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read config file /nonexistent/creature.toml"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(BIN).args(["serve", "--addr", &addr, "--data-dir"]).arg(data.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&format!("cannot listen on {addr}")), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_the_local_microphone_either_works_or_says_why_not() {
+    let result = common::start_with_result(|c| c.audio.device = true).await;
+    match result {
+        Ok(brain) => brain.service.shutdown().await, // this machine has sound devices
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(msg.contains("local microphone") && (msg.contains("device") || msg.contains("feature")), "{msg}");
+        }
+    }
+}
+
+/// A free port to reuse across a restart (the brain must come back where the body looks).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_in_flight_survives_kill_9_of_the_brain_and_is_done_exactly_once() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut brain, url) = serve(data.path(), &["--addr", &addr]);
+    let body_log = tempfile::NamedTempFile::new().unwrap();
+    let mut body = Command::new(BIN)
+        .args(["body-sim", "--url", &format!("ws://{addr}/ws/body"), "--failure-rate", "0", "--speed", "1.5"])
+        .stdout(body_log.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{url}/api/tasks"))
+        .json(&json!({"utterance": "bring me the cup"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let task_url = |base: &str| format!("{base}/api/tasks/{id}");
+    common::eventually(Duration::from_secs(10), "the body to start the task", || async {
+        let t = get(&task_url(&url)).await;
+        (t["state"] == "running").then_some(())
+    })
+    .await;
+
+    // The brain dies hard while the body is busy, and comes back.
+    brain.kill().unwrap();
+    brain.wait().unwrap();
+    let (mut brain, url) = serve(data.path(), &["--addr", &addr]);
+    let done = common::eventually(Duration::from_secs(20), "the task to finish after the restart", || async {
+        let t = get(&task_url(&url)).await;
+        (t["state"] == "succeeded").then_some(t)
+    })
+    .await;
+    let all = get(&format!("{url}/api/tasks")).await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "exactly one task record: {all}");
+    let states: Vec<&str> = done["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "running").count(), 1, "{states:?}");
+    assert!(states.contains(&"accepted"), "reports from before the crash were kept: {states:?}");
+    let log = std::fs::read_to_string(body_log.path()).unwrap();
+    assert_eq!(log.matches(&format!("{id}: bring the cup")).count(), 1, "the body started it once:\n{log}");
+    assert!(log.matches("connected to").count() >= 2, "the body reconnected:\n{log}");
+    body.kill().unwrap();
+    body.wait().unwrap();
+    brain.kill().unwrap();
+    brain.wait().unwrap();
+}
