@@ -162,11 +162,16 @@ impl LlmSettings {
                 .ok()
                 .filter(|key| !key.trim().is_empty()),
         };
+        // `check()` refuses these; still, never panic on a NaN from an unchecked section.
+        let timeout = match section.timeout_secs {
+            secs if secs.is_finite() => Duration::from_secs_f64(secs.clamp(0.001, 600.0)),
+            _ => Duration::from_secs(8),
+        };
         LlmSettings {
             base_url: (!base_url.is_empty()).then(|| base_url.to_string()),
             model: section.model.clone(),
             api_key,
-            timeout: Duration::from_secs_f64(section.timeout_secs.clamp(0.001, 600.0)),
+            timeout,
             temperature: section.temperature,
             max_tokens: section.max_tokens,
             max_steps: section.max_steps.max(1),

@@ -241,7 +241,12 @@ pub fn mimi(args: MimiBenchArgs) -> anyhow::Result<()> {
 
 /// A random-weight LM: made in memory for f32/f16/bf16; for q8 described without memory,
 /// made and quantized one tensor at a time into a scratch gguf, and loaded back from it.
-fn build_lm(arch: &Architecture, dtype: BenchDtype, device: &Device, scratch: &std::path::Path) -> anyhow::Result<(LmModel, usize, usize)> {
+fn build_lm(
+    arch: &Architecture,
+    dtype: BenchDtype,
+    device: &Device,
+    scratch: &std::path::Path,
+) -> anyhow::Result<(LmModel, usize, usize)> {
     if dtype != BenchDtype::Q8 {
         let weights = RandomWeights::new(11);
         let vb = MaybeQuantizedVarBuilder::Real(weights.var_builder(dtype.dtype(), device));
@@ -250,16 +255,26 @@ fn build_lm(arch: &Architecture, dtype: BenchDtype, device: &Device, scratch: &s
         return Ok((model, tensors, params));
     }
     let weights = RandomWeights::shapes_only(11);
-    LmModel::new(&arch.lm, MaybeQuantizedVarBuilder::Real(weights.var_builder(DType::F32, &Device::Cpu)))
-        .context("describing the LM")?;
+    LmModel::new(
+        &arch.lm,
+        MaybeQuantizedVarBuilder::Real(weights.var_builder(DType::F32, &Device::Cpu)),
+    )
+    .context("describing the LM")?;
     let (tensors, params) = weights.counts();
     let path = scratch.join(format!("creature-bench-lm-{}.q8.gguf", std::process::id()));
-    eprintln!("bench lm: writing {:.1} GiB of 8-bit weights to {}...", params as f64 * 34.0 / 32.0 / (1u64 << 30) as f64, path.display());
+    eprintln!(
+        "bench lm: writing {:.1} GiB of 8-bit weights to {}...",
+        params as f64 * 34.0 / 32.0 / (1u64 << 30) as f64,
+        path.display()
+    );
     let written = weights.save_q8(&path).map_err(anyhow::Error::msg);
     drop(weights);
     let loaded = written.and_then(|()| {
         let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(&path, device)?;
-        Ok(LmModel::new(&arch.lm, MaybeQuantizedVarBuilder::Quantized(vb))?)
+        Ok(LmModel::new(
+            &arch.lm,
+            MaybeQuantizedVarBuilder::Quantized(vb),
+        )?)
     });
     if let Err(e) = std::fs::remove_file(&path) {
         eprintln!("bench lm: cannot remove {}: {e}", path.display());

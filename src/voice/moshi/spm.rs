@@ -457,7 +457,6 @@ mod tests {
 
     #[test]
     fn byte_pieces_assemble_utf8_across_steps() {
-        let m = model();
         let byte = |b: u8| 4 + u32::from(b);
         // "ü" = C3 BC, "🦀" = F0 9F A6 80, each byte its own step.
         let out = decode(&[

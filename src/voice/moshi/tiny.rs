@@ -319,8 +319,15 @@ impl RandomWeights {
     }
 
     fn with_mode(seed: u64, shapes_only: bool) -> Self {
-        let made = Made { rng: seed, shapes_only, tensors: HashMap::new(), shapes: Vec::new() };
-        RandomWeights { inner: Arc::new(Mutex::new(made)) }
+        let made = Made {
+            rng: seed,
+            shapes_only,
+            tensors: HashMap::new(),
+            shapes: Vec::new(),
+        };
+        RandomWeights {
+            inner: Arc::new(Mutex::new(made)),
+        }
     }
 
     /// A var builder drawing from these weights, making them in `dtype` on `device`.
@@ -331,7 +338,10 @@ impl RandomWeights {
     /// How many tensors were asked for, and how many numbers they hold.
     pub fn counts(&self) -> (usize, usize) {
         match self.inner.lock() {
-            Ok(m) => (m.shapes.len(), m.shapes.iter().map(|(_, s)| s.elem_count()).sum()),
+            Ok(m) => (
+                m.shapes.len(),
+                m.shapes.iter().map(|(_, s)| s.elem_count()).sum(),
+            ),
             Err(_) => (0, 0),
         }
     }
@@ -353,12 +363,17 @@ impl RandomWeights {
                 }
             };
             let blocks = t.rank() >= 2 && t.dims().last().is_some_and(|d| d % 32 == 0);
-            let kind = if blocks { GgmlDType::Q8_0 } else { GgmlDType::F32 };
+            let kind = if blocks {
+                GgmlDType::Q8_0
+            } else {
+                GgmlDType::F32
+            };
             let q = QTensor::quantize(t, kind).map_err(|e| format!("{name}: {e}"))?;
             quantized.push((name.as_str(), q));
         }
         let tensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, q)| (*n, q)).collect();
-        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
         gguf_file::write(&mut file, &[], &tensors).map_err(|e| e.to_string())?;
         std::io::Write::flush(&mut file).map_err(|e| e.to_string())
     }
@@ -366,13 +381,19 @@ impl RandomWeights {
     /// Multiply each row of the 2-d tensor `name` by its factor.
     pub fn scale_rows(&self, name: &str, factors: &[f32]) -> Result<(), String> {
         let mut made = self.inner.lock().map_err(poisoned)?;
-        let t = made.tensors.get(name).ok_or_else(|| format!("no tensor {name}"))?;
+        let t = made
+            .tensors
+            .get(name)
+            .ok_or_else(|| format!("no tensor {name}"))?;
         let rows = t.dim(0).map_err(|e| e.to_string())?;
         if rows != factors.len() {
             return Err(format!("{name} has {rows} rows, not {}", factors.len()));
         }
-        let f = Tensor::from_slice(factors, (rows, 1), t.device()).and_then(|f| f.to_dtype(t.dtype()));
-        let scaled = f.and_then(|f| t.broadcast_mul(&f)).map_err(|e| e.to_string())?;
+        let f =
+            Tensor::from_slice(factors, (rows, 1), t.device()).and_then(|f| f.to_dtype(t.dtype()));
+        let scaled = f
+            .and_then(|f| t.broadcast_mul(&f))
+            .map_err(|e| e.to_string())?;
         made.tensors.insert(name.to_string(), scaled);
         Ok(())
     }
@@ -436,8 +457,18 @@ fn init_for(name: &str) -> Option<f32> {
 }
 
 impl SimpleBackend for RandomWeights {
-    fn get(&self, shape: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> moshi::candle::Result<Tensor> {
-        let mut made = self.inner.lock().map_err(|e| moshi::candle::Error::Msg(poisoned(e)))?;
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> moshi::candle::Result<Tensor> {
+        let mut made = self
+            .inner
+            .lock()
+            .map_err(|e| moshi::candle::Error::Msg(poisoned(e)))?;
         if let Some((_, known)) = made.shapes.iter().find(|(n, _)| n == name) {
             if known != &shape {
                 moshi::candle::bail!("{name} asked for as {shape:?} after {known:?}");
@@ -451,7 +482,9 @@ impl SimpleBackend for RandomWeights {
         if let Some(t) = made.tensors.get(name) {
             return t.to_dtype(dtype)?.to_device(dev);
         }
-        let tensor = make(&mut made.rng, name, &shape)?.to_dtype(dtype)?.to_device(dev)?;
+        let tensor = make(&mut made.rng, name, &shape)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
         made.tensors.insert(name.to_string(), tensor.clone());
         Ok(tensor)
     }
