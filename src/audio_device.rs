@@ -8,19 +8,21 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{SampleFormat, StreamConfig};
-use creature_actors::audio::{AgentFrame, AudioInbox};
 use creature_actors::SAMPLE_RATE;
+use creature_actors::audio::{AgentFrame, AudioInbox};
 use tokio::sync::broadcast;
 
 /// Why local audio could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioDeviceError {
-    #[error("no default {0} device on this machine (is a sound card or PulseAudio/PipeWire available?)")]
+    #[error(
+        "no default {0} device on this machine (is a sound card or PulseAudio/PipeWire available?)"
+    )]
     NoDevice(&'static str),
     #[error("the default {what} device cannot be used: {reason}")]
     Device { what: &'static str, reason: String },
@@ -41,7 +43,11 @@ pub struct Resampler {
 
 impl Resampler {
     pub fn new(from_hz: u32, to_hz: u32) -> Self {
-        Resampler { step: f64::from(from_hz) / f64::from(to_hz.max(1)), pos: 0.0, last: 0.0 }
+        Resampler {
+            step: f64::from(from_hz) / f64::from(to_hz.max(1)),
+            pos: 0.0,
+            last: 0.0,
+        }
     }
 
     /// Append the resampled `input` to `out`.
@@ -88,21 +94,32 @@ fn mono<T: Copy>(data: &[T], channels: usize, to_f32: impl Fn(T) -> f32, out: &m
 }
 
 fn describe(device: &cpal::Device) -> String {
-    device.description().map(|d| format!("{d:?}")).unwrap_or_else(|_| "unknown device".into())
+    device
+        .description()
+        .map(|d| format!("{d:?}"))
+        .unwrap_or_else(|_| "unknown device".into())
 }
 
 impl LocalAudio {
     /// Open the default microphone and speaker and connect them to the brain.
-    pub fn start(inbox: Arc<AudioInbox>, voice: broadcast::Receiver<AgentFrame>) -> Result<LocalAudio, AudioDeviceError> {
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(String, String), AudioDeviceError>>(1);
+    pub fn start(
+        inbox: Arc<AudioInbox>,
+        voice: broadcast::Receiver<AgentFrame>,
+    ) -> Result<LocalAudio, AudioDeviceError> {
+        let (ready_tx, ready_rx) =
+            mpsc::sync_channel::<Result<(String, String), AudioDeviceError>>(1);
         let stop = Arc::new(AtomicBool::new(false));
         let overflows = Arc::new(AtomicU64::new(0));
         let underruns = Arc::new(AtomicU64::new(0));
-        let (stop2, over2, under2) = (Arc::clone(&stop), Arc::clone(&overflows), Arc::clone(&underruns));
+        let (stop2, over2, under2) = (
+            Arc::clone(&stop),
+            Arc::clone(&overflows),
+            Arc::clone(&underruns),
+        );
         let thread = std::thread::Builder::new()
             .name("local-audio".into())
-            .spawn(move || {
-                match open_streams(inbox, voice, over2, under2, &stop2) {
+            .spawn(
+                move || match open_streams(inbox, voice, over2, under2, &stop2) {
                     Ok((input, output, names)) => {
                         let _ = ready_tx.send(Ok(names));
                         while !stop2.load(Ordering::Relaxed) {
@@ -114,14 +131,26 @@ impl LocalAudio {
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
-                }
-            })
-            .map_err(|e| AudioDeviceError::Device { what: "audio", reason: e.to_string() })?;
-        let (input_name, output_name) = ready_rx
-            .recv()
-            .map_err(|_| AudioDeviceError::Device { what: "audio", reason: "the audio thread died".into() })??;
+                },
+            )
+            .map_err(|e| AudioDeviceError::Device {
+                what: "audio",
+                reason: e.to_string(),
+            })?;
+        let (input_name, output_name) =
+            ready_rx.recv().map_err(|_| AudioDeviceError::Device {
+                what: "audio",
+                reason: "the audio thread died".into(),
+            })??;
         tracing::info!(input = %input_name, output = %output_name, "local audio running");
-        Ok(LocalAudio { stop, thread: Some(thread), overflows, underruns, input_name, output_name })
+        Ok(LocalAudio {
+            stop,
+            thread: Some(thread),
+            overflows,
+            underruns,
+            input_name,
+            output_name,
+        })
     }
 }
 
@@ -135,9 +164,18 @@ fn open_streams(
     stop: &Arc<AtomicBool>,
 ) -> Result<Streams, AudioDeviceError> {
     let host = cpal::default_host();
-    let mic = host.default_input_device().ok_or(AudioDeviceError::NoDevice("input (microphone)"))?;
-    let speaker = host.default_output_device().ok_or(AudioDeviceError::NoDevice("output (speaker)"))?;
-    let dev_err = |what: &'static str| move |e: cpal::Error| AudioDeviceError::Device { what, reason: e.to_string() };
+    let mic = host
+        .default_input_device()
+        .ok_or(AudioDeviceError::NoDevice("input (microphone)"))?;
+    let speaker = host
+        .default_output_device()
+        .ok_or(AudioDeviceError::NoDevice("output (speaker)"))?;
+    let dev_err = |what: &'static str| {
+        move |e: cpal::Error| AudioDeviceError::Device {
+            what,
+            reason: e.to_string(),
+        }
+    };
 
     // Microphone -> mono -> 24 kHz -> inbox.
     let in_cfg = mic.default_input_config().map_err(dev_err("input"))?;
@@ -171,7 +209,12 @@ fn open_streams(
             on_error,
             None,
         ),
-        other => return Err(AudioDeviceError::Format { what: "input", format: format!("{other:?}") }),
+        other => {
+            return Err(AudioDeviceError::Format {
+                what: "input",
+                format: format!("{other:?}"),
+            });
+        }
     }
     .map_err(dev_err("input"))?;
 
@@ -181,10 +224,16 @@ fn open_streams(
     let out_config: StreamConfig = out_cfg.config();
     let out_channels = usize::from(out_config.channels).max(1);
     let out_rate = out_config.sample_rate;
-    let buffer = Arc::new(Mutex::new(VecDeque::<f32>::with_capacity(out_rate as usize)));
+    let buffer = Arc::new(Mutex::new(VecDeque::<f32>::with_capacity(
+        out_rate as usize,
+    )));
     {
         // Half a second of slack at most: beyond that the voice is too late to be useful.
-        let (buffer, stop, overflows) = (Arc::clone(&buffer), Arc::clone(stop), Arc::clone(&overflows));
+        let (buffer, stop, overflows) = (
+            Arc::clone(&buffer),
+            Arc::clone(stop),
+            Arc::clone(&overflows),
+        );
         let cap = out_rate as usize / 2;
         std::thread::Builder::new()
             .name("local-audio-out".into())
@@ -210,7 +259,10 @@ fn open_streams(
                     }
                 }
             })
-            .map_err(|e| AudioDeviceError::Device { what: "output", reason: e.to_string() })?;
+            .map_err(|e| AudioDeviceError::Device {
+                what: "output",
+                reason: e.to_string(),
+            })?;
     }
     let take = move |n_frames: usize, write: &mut dyn FnMut(usize, f32)| {
         let Ok(mut b) = buffer.lock() else { return };
@@ -243,11 +295,22 @@ fn open_streams(
             on_error,
             None,
         ),
-        other => return Err(AudioDeviceError::Format { what: "output", format: format!("{other:?}") }),
+        other => {
+            return Err(AudioDeviceError::Format {
+                what: "output",
+                format: format!("{other:?}"),
+            });
+        }
     }
     .map_err(dev_err("output"))?;
-    input.play().map_err(|e| AudioDeviceError::Device { what: "input", reason: e.to_string() })?;
-    output.play().map_err(|e| AudioDeviceError::Device { what: "output", reason: e.to_string() })?;
+    input.play().map_err(|e| AudioDeviceError::Device {
+        what: "input",
+        reason: e.to_string(),
+    })?;
+    output.play().map_err(|e| AudioDeviceError::Device {
+        what: "output",
+        reason: e.to_string(),
+    })?;
     Ok((input, output, (describe(&mic), describe(&speaker))))
 }
 
@@ -256,7 +319,9 @@ mod tests {
     use super::*;
 
     fn sine(hz: f32, rate: u32, n: usize) -> Vec<f32> {
-        (0..n).map(|i| (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin() * 0.5).collect()
+        (0..n)
+            .map(|i| (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin() * 0.5)
+            .collect()
     }
 
     /// Frequency from zero crossings.
@@ -267,7 +332,12 @@ mod tests {
 
     #[test]
     fn resampling_keeps_pitch_and_duration() {
-        for (from, to) in [(48_000, 24_000), (44_100, 24_000), (24_000, 48_000), (24_000, 44_100)] {
+        for (from, to) in [
+            (48_000, 24_000),
+            (44_100, 24_000),
+            (24_000, 48_000),
+            (24_000, 44_100),
+        ] {
             let input = sine(440.0, from, from as usize); // one second
             let mut out = Vec::new();
             let mut r = Resampler::new(from, to);
@@ -276,7 +346,11 @@ mod tests {
                 r.process(chunk, &mut out);
             }
             let expected = to as usize;
-            assert!(out.len().abs_diff(expected) <= 2, "{from}->{to}: {} samples", out.len());
+            assert!(
+                out.len().abs_diff(expected) <= 2,
+                "{from}->{to}: {} samples",
+                out.len()
+            );
             let f = frequency(&out, to);
             assert!((f - 440.0).abs() < 3.0, "{from}->{to}: {f} Hz");
         }

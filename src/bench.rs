@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use creature_actors::histogram::{LatencyHistogram, Percentiles};
-use creature_actors::ports::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
+use creature_actors::ports::{
+    Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError,
+};
 use creature_actors::rules::RulePlanner;
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::service::{start_brain_with, Service};
+use crate::service::{Service, start_brain_with};
 use crate::voice;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -111,11 +113,18 @@ pub struct Budget {
 /// What one face socket saw: (seq, when it arrived).
 type Arrivals = Vec<(u64, Instant)>;
 
-fn run_face_clients(url: String, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Arrivals>> {
+fn run_face_clients(
+    url: String,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Arrivals>> {
     // The phones get their own runtime thread, as separate devices would be separate
     // processes: they compete for the CPU, not for the brain's async workers.
     std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(cause = %e, "bench: no runtime for the face clients");
@@ -129,11 +138,13 @@ fn run_face_clients(url: String, n: usize, stop: Arc<AtomicBool>) -> std::thread
                 let stop = Arc::clone(&stop);
                 clients.push(tokio::spawn(async move {
                     let mut seen = Vec::with_capacity(1024);
-                    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+                    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await
+                    else {
                         return seen;
                     };
                     while !stop.load(Ordering::Relaxed) {
-                        let next = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
+                        let next =
+                            tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
                         match next {
                             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
                                 let at = Instant::now();
@@ -171,10 +182,7 @@ pub async fn tick(args: TickBenchArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
-    let data = tempfile_dir()?;
-    let mut config = Config::default();
-    config.data_dir = data.clone();
-    config.server.addr = "127.0.0.1:0".parse()?;
+    let (data, mut config) = bench_config()?;
     config.server.max_face_clients = args.faces + 16;
     config.reasoner.max_in_flight = args.slow_plans.max(1);
     config.reasoner.queue_capacity = args.slow_plans.max(1) * 2;
@@ -188,10 +196,17 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let brain = start_brain_with(&config, model, Some(Arc::new(planner))).await?;
     let service = Service::serve(config, Arc::clone(&brain)).await?;
     let addr = service.addr();
-    eprintln!("bench: brain on {addr}; connecting {} faces, saturating the slow loop...", args.faces);
+    eprintln!(
+        "bench: brain on {addr}; connecting {} faces, saturating the slow loop...",
+        args.faces
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = run_face_clients(format!("ws://{addr}/ws/face"), args.faces, Arc::clone(&stop));
+    let clients = run_face_clients(
+        format!("ws://{addr}/ws/face"),
+        args.faces,
+        Arc::clone(&stop),
+    );
 
     // Record when each face frame left the voice loop, by sequence number.
     let sources: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
@@ -201,7 +216,10 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         let stop = Arc::clone(&stop);
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if tokio::time::timeout(Duration::from_millis(200), rx.changed()).await.is_err() {
+                if tokio::time::timeout(Duration::from_millis(200), rx.changed())
+                    .await
+                    .is_err()
+                {
                     continue;
                 }
                 let update = rx.borrow_and_update().clone();
@@ -218,13 +236,21 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         let stop = Arc::clone(&stop);
         let target = args.slow_plans as u64;
         tokio::spawn(async move {
-            let objects = ["cup", "ball", "book", "keys", "remote", "apple", "sock", "pen"];
-            let lines = ["bring me the cup", "how are you today", "pick up the red ball", "what is your name"];
+            let objects = [
+                "cup", "ball", "book", "keys", "remote", "apple", "sock", "pen",
+            ];
+            let lines = [
+                "bring me the cup",
+                "how are you today",
+                "pick up the red ball",
+                "what is your name",
+            ];
             let mut n: u64 = 0;
             let mut last_line = Instant::now() - Duration::from_secs(10);
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(snap) = brain.reasoner.snapshot().await {
-                    let busy = snap["in_flight"].as_u64().unwrap_or(0) + snap["queued"].as_u64().unwrap_or(0);
+                    let busy = snap["in_flight"].as_u64().unwrap_or(0)
+                        + snap["queued"].as_u64().unwrap_or(0);
                     for _ in busy..target + 4 {
                         n += 1;
                         let object = objects[(n % objects.len() as u64) as usize];
@@ -235,7 +261,14 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
                             utterance: format!("I'll bring you the {object}."),
                             confidence: 0.9,
                         };
-                        brain.reasoner.intent(Intent { task, tick: 0, detector: "bench".into() }, vec![]);
+                        brain.reasoner.intent(
+                            Intent {
+                                task,
+                                tick: 0,
+                                detector: "bench".into(),
+                            },
+                            vec![],
+                        );
                     }
                 }
                 if last_line.elapsed() > Duration::from_secs(3) {
@@ -250,7 +283,12 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     // Let the load build up before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = brain.voice.metrics();
-    let before = (m.jitter.snapshot(), m.interval.snapshot(), m.compute.snapshot(), m.overhead.snapshot());
+    let before = (
+        m.jitter.snapshot(),
+        m.interval.snapshot(),
+        m.compute.snapshot(),
+        m.overhead.snapshot(),
+    );
     let counters = |m: &creature_actors::voice::VoiceMetrics| {
         (
             m.ticks.load(Ordering::Relaxed),
@@ -266,13 +304,22 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     while window_start.elapsed() < Duration::from_secs(args.seconds) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if Instant::now() >= next_progress {
-            eprintln!("bench: {:>3} s of {} ...", window_start.elapsed().as_secs(), args.seconds);
+            eprintln!(
+                "bench: {:>3} s of {} ...",
+                window_start.elapsed().as_secs(),
+                args.seconds
+            );
             next_progress += Duration::from_secs(10);
         }
     }
     let window_end = Instant::now();
     let elapsed = window_start.elapsed().as_secs_f64();
-    let after = (m.jitter.snapshot(), m.interval.snapshot(), m.compute.snapshot(), m.overhead.snapshot());
+    let after = (
+        m.jitter.snapshot(),
+        m.interval.snapshot(),
+        m.compute.snapshot(),
+        m.overhead.snapshot(),
+    );
     let c1 = counters(m);
     let tasks1 = brain.tasks.summary().await.map(|s| s.total).unwrap_or(0);
     let reasoner1 = brain.reasoner.snapshot().await.ok();
@@ -288,7 +335,9 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let latency = LatencyHistogram::new();
     let mut rates = Vec::new();
     for client in &arrivals {
-        let in_window = client.iter().filter(|(_, at)| *at >= window_start && *at <= window_end);
+        let in_window = client
+            .iter()
+            .filter(|(_, at)| *at >= window_start && *at <= window_end);
         let mut count = 0u64;
         for (seq, at) in in_window {
             count += 1;
@@ -299,7 +348,8 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         rates.push(count as f64 / elapsed);
     }
     rates.resize(args.faces, 0.0); // a client that never connected counts as zero
-    let planned = |s: &Option<serde_json::Value>| s.as_ref().and_then(|v| v["planned"].as_u64()).unwrap_or(0);
+    let planned =
+        |s: &Option<serde_json::Value>| s.as_ref().and_then(|v| v["planned"].as_u64()).unwrap_or(0);
 
     let jitter = after.0.since(&before.0).percentiles();
     let overhead = after.3.since(&before.3).percentiles();
@@ -308,11 +358,36 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let missed = c1.2 - c0.2;
     let rate_min = rates.iter().copied().fold(f64::INFINITY, f64::min);
     let budgets = vec![
-        Budget { what: "tick jitter p99", limit: "< 2 ms".into(), measured: format!("{:.3} ms", jitter.p99_ms), pass: jitter.p99_ms < 2.0 },
-        Budget { what: "overruns and missed ticks", limit: "0".into(), measured: format!("{overruns} + {missed}"), pass: overruns + missed == 0 },
-        Budget { what: "loop overhead p99", limit: "< 0.5 ms".into(), measured: format!("{:.3} ms", overhead.p99_ms), pass: overhead.p99_ms < 0.5 },
-        Budget { what: "agent frame -> face socket p99", limit: "< 5 ms".into(), measured: format!("{:.3} ms", face_latency.p99_ms), pass: face_latency.p99_ms < 5.0 && face_latency.count > 0 },
-        Budget { what: "face messages per client", limit: ">= 11 /s".into(), measured: format!("min {rate_min:.2} /s"), pass: rate_min >= 11.0 },
+        Budget {
+            what: "tick jitter p99",
+            limit: "< 2 ms".into(),
+            measured: format!("{:.3} ms", jitter.p99_ms),
+            pass: jitter.p99_ms < 2.0,
+        },
+        Budget {
+            what: "overruns and missed ticks",
+            limit: "0".into(),
+            measured: format!("{overruns} + {missed}"),
+            pass: overruns + missed == 0,
+        },
+        Budget {
+            what: "loop overhead p99",
+            limit: "< 0.5 ms".into(),
+            measured: format!("{:.3} ms", overhead.p99_ms),
+            pass: overhead.p99_ms < 0.5,
+        },
+        Budget {
+            what: "agent frame -> face socket p99",
+            limit: "< 5 ms".into(),
+            measured: format!("{:.3} ms", face_latency.p99_ms),
+            pass: face_latency.p99_ms < 5.0 && face_latency.count > 0,
+        },
+        Budget {
+            what: "face messages per client",
+            limit: ">= 11 /s".into(),
+            measured: format!("min {rate_min:.2} /s"),
+            pass: rate_min >= 11.0,
+        },
     ];
     Ok(TickBenchReport {
         seconds: elapsed,
@@ -335,29 +410,63 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     })
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("creature-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// The defaults, with a fresh ledger in a temporary directory and a free port.
+fn bench_config() -> anyhow::Result<(PathBuf, Config)> {
+    let data = std::env::temp_dir().join(format!("creature-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let mut server = Config::default().server;
+    server.addr = "127.0.0.1:0".parse()?;
+    Ok((
+        data.clone(),
+        Config {
+            data_dir: data,
+            server,
+            ..Config::default()
+        },
+    ))
 }
 
 #[allow(clippy::print_stdout)]
 fn print_report(args: &TickBenchArgs, r: &TickBenchReport) {
-    let p = |x: &Percentiles| format!("p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", x.p50_ms, x.p99_ms, x.max_ms);
+    let p = |x: &Percentiles| {
+        format!(
+            "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            x.p50_ms, x.p99_ms, x.max_ms
+        )
+    };
     println!(
         "creature bench tick: {:.0} s, {} voice, {} faces, {} slow plans ({} ms think + {} ms CPU each, one core busy)",
         r.seconds, r.backend, r.faces, r.slow_plans, args.plan_ms, args.plan_cpu_ms
     );
-    println!("ticks             {} (overruns {}, missed {})", r.ticks, r.overruns, r.missed_ticks);
+    println!(
+        "ticks             {} (overruns {}, missed {})",
+        r.ticks, r.overruns, r.missed_ticks
+    );
     println!("tick jitter       {}", p(&r.jitter_ms));
     println!("tick interval     {}", p(&r.interval_ms));
     println!("model compute     {}", p(&r.compute_ms));
     println!("loop overhead     {}", p(&r.overhead_ms));
-    println!("frame -> face     {}  ({} messages)", p(&r.face_latency_ms), r.face_latency_ms.count);
-    println!("face msgs/client  min {:.2}/s  mean {:.2}/s", r.face_msgs_per_sec_min, r.face_msgs_per_sec_mean);
-    println!("slow loop         {} plans finished, {} tasks filed", r.plans_finished, r.tasks_filed);
+    println!(
+        "frame -> face     {}  ({} messages)",
+        p(&r.face_latency_ms),
+        r.face_latency_ms.count
+    );
+    println!(
+        "face msgs/client  min {:.2}/s  mean {:.2}/s",
+        r.face_msgs_per_sec_min, r.face_msgs_per_sec_mean
+    );
+    println!(
+        "slow loop         {} plans finished, {} tasks filed",
+        r.plans_finished, r.tasks_filed
+    );
     for b in &r.budgets {
-        println!("budget  {:<32} {:<10} {:<22} {}", b.what, b.limit, b.measured, if b.pass { "PASS" } else { "FAIL" });
+        println!(
+            "budget  {:<32} {:<10} {:<22} {}",
+            b.what,
+            b.limit,
+            b.measured,
+            if b.pass { "PASS" } else { "FAIL" }
+        );
     }
 }
 
@@ -384,15 +493,15 @@ pub struct IntentBenchReport {
 }
 
 const ADJECTIVES: [&str; 25] = [
-    "red", "blue", "green", "yellow", "small", "big", "old", "new", "wooden", "metal", "striped", "shiny",
-    "soft", "heavy", "light", "round", "square", "tall", "short", "white", "black", "orange", "purple", "pink",
-    "brown",
+    "red", "blue", "green", "yellow", "small", "big", "old", "new", "wooden", "metal", "striped",
+    "shiny", "soft", "heavy", "light", "round", "square", "tall", "short", "white", "black",
+    "orange", "purple", "pink", "brown",
 ];
 const NOUNS: [&str; 40] = [
-    "cup", "ball", "book", "box", "bottle", "spoon", "plate", "bowl", "pen", "pencil", "shoe", "sock", "hat",
-    "scarf", "glove", "towel", "pillow", "blanket", "lamp", "clock", "phone", "remote", "key", "wallet", "bag",
-    "basket", "toy", "block", "brush", "comb", "mug", "jar", "can", "apple", "banana", "orange", "candle",
-    "notebook", "charger", "cable",
+    "cup", "ball", "book", "box", "bottle", "spoon", "plate", "bowl", "pen", "pencil", "shoe",
+    "sock", "hat", "scarf", "glove", "towel", "pillow", "blanket", "lamp", "clock", "phone",
+    "remote", "key", "wallet", "bag", "basket", "toy", "block", "brush", "comb", "mug", "jar",
+    "can", "apple", "banana", "orange", "candle", "notebook", "charger", "cable",
 ];
 
 /// `creature bench intent`: how long from the text piece that completes a commitment to
@@ -401,40 +510,50 @@ const NOUNS: [&str; 40] = [
 pub async fn intent(args: IntentBenchArgs) -> anyhow::Result<()> {
     let report = run_intent(&args).await?;
     let p = &report.latency_ms;
-    println!("creature bench intent: {} intents, one at a time, sim voice, sled ledger, one body socket", report.intents);
-    println!("delivered          {} of {}", report.delivered, report.intents);
-    println!("piece -> body      p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms", p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms);
+    println!(
+        "creature bench intent: {} intents, one at a time, sim voice, sled ledger, one body socket",
+        report.intents
+    );
+    println!(
+        "delivered          {} of {}",
+        report.delivered, report.intents
+    );
+    println!(
+        "piece -> body      p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+    );
     println!(
         "budget  p99 < {:.0} ms: {}",
         report.budget_p99_ms,
         if report.pass { "PASS" } else { "FAIL" }
     );
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
 
 pub async fn run_intent(args: &IntentBenchArgs) -> anyhow::Result<IntentBenchReport> {
     use creature_actors::voice::TextPiece;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let data = tempfile_dir()?;
-    let mut config = Config::default();
-    config.data_dir = data.clone();
-    config.server.addr = "127.0.0.1:0".parse()?;
+    let (data, config) = bench_config()?;
     let token = config.body.token.clone();
     let service = Service::start(config).await?;
     let brain = Arc::clone(service.brain());
     let mut req = format!("ws://{}/ws/body", service.addr()).into_client_request()?;
-    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse()?);
 
     // The body reads on its own thread and runtime, stamping each tool call as it arrives,
     // and acknowledges it like a real body would.
     let (arrivals_tx, arrivals_rx) = std::sync::mpsc::channel::<(String, Instant)>();
     let body = std::thread::spawn(move || -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let (mut socket, _) = tokio_tungstenite::connect_async(req).await?;
             while let Some(Ok(msg)) = socket.next().await {
@@ -442,11 +561,15 @@ pub async fn run_intent(args: &IntentBenchArgs) -> anyhow::Result<IntentBenchRep
                 let at = Instant::now();
                 let v: serde_json::Value = serde_json::from_str(&text)?;
                 if v["type"] == "tool_call" {
-                    let object = v["arguments"]["object"].as_str().unwrap_or_default().to_string();
+                    let object = v["arguments"]["object"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     if arrivals_tx.send((object, at)).is_err() {
                         break;
                     }
-                    let ack = serde_json::json!({"type": "status", "id": v["id"], "state": "accepted"});
+                    let ack =
+                        serde_json::json!({"type": "status", "id": v["id"], "state": "accepted"});
                     futures::SinkExt::send(&mut socket, Message::text(ack.to_string())).await?;
                 }
             }
@@ -458,18 +581,28 @@ pub async fn run_intent(args: &IntentBenchArgs) -> anyhow::Result<IntentBenchRep
     let mut delivered = 0;
     let mut tick = 0u64;
     for i in 0..args.intents {
-        let object = format!("{} {}", ADJECTIVES[i % ADJECTIVES.len()], NOUNS[(i / ADJECTIVES.len()) % NOUNS.len()]);
+        let object = format!(
+            "{} {}",
+            ADJECTIVES[i % ADJECTIVES.len()],
+            NOUNS[(i / ADJECTIVES.len()) % NOUNS.len()]
+        );
         let words = ["Okay,", "I'll", "bring", "you", "the"];
         for w in words.iter().copied().chain(object.split(' ').take(1)) {
             tick += 1;
-            brain.monologue.text_piece(TextPiece { tick, text: format!(" {w}").into() });
+            brain.monologue.text_piece(TextPiece {
+                tick,
+                text: format!(" {w}").into(),
+            });
         }
         // Let the watcher take the first pieces in; then time the piece that completes it.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let last = format!(" {}.", object.split(' ').nth(1).unwrap_or("cup"));
         tick += 1;
         let sent = Instant::now();
-        brain.monologue.text_piece(TextPiece { tick, text: last.into() });
+        brain.monologue.text_piece(TextPiece {
+            tick,
+            text: last.into(),
+        });
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -15,15 +15,19 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::config::DEV_BODY_TOKEN;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BodySimArgs {
     /// The brain's body socket.
-    #[arg(long, env = "CREATURE_BODY_URL", default_value = "ws://127.0.0.1:8080/ws/body")]
+    #[arg(
+        long,
+        env = "CREATURE_BODY_URL",
+        default_value = "ws://127.0.0.1:8080/ws/body"
+    )]
     pub url: String,
     /// The brain's body token ([body] token in its config).
     #[arg(long, env = "CREATURE_BODY_TOKEN", default_value = DEV_BODY_TOKEN)]
@@ -40,7 +44,9 @@ pub struct BodySimArgs {
 }
 
 /// Things no creature's arm reaches.
-const UNREACHABLE: &[&str] = &["sun", "moon", "stars", "star", "sky", "horizon", "rainbow", "cloud", "clouds"];
+const UNREACHABLE: &[&str] = &[
+    "sun", "moon", "stars", "star", "sky", "horizon", "rainbow", "cloud", "clouds",
+];
 
 /// How long each action takes at speed 1.
 fn duration_of(action: Action) -> Duration {
@@ -76,10 +82,21 @@ struct Known {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum FromBrain {
-    Hello { session: u64 },
-    ToolCall { id: String, name: String, arguments: PhysicalTask },
-    Cancel { id: String },
-    Error { error: String, detail: String },
+    Hello {
+        session: u64,
+    },
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: PhysicalTask,
+    },
+    Cancel {
+        id: String,
+    },
+    Error {
+        error: String,
+        detail: String,
+    },
 }
 
 /// A small deterministic generator for the failure draws.
@@ -104,8 +121,14 @@ fn say(line: &str) {
 
 /// Run until interrupted, reconnecting whenever the brain is away.
 pub async fn run(args: BodySimArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((0.0..=1.0).contains(&args.failure_rate), "--failure-rate must be within 0..1");
-    anyhow::ensure!(args.speed > 0.0 && args.speed.is_finite(), "--speed must be positive");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.failure_rate),
+        "--failure-rate must be within 0..1"
+    );
+    anyhow::ensure!(
+        args.speed > 0.0 && args.speed.is_finite(),
+        "--speed must be positive"
+    );
     let memory: Memory = Arc::default();
     let draws = Arc::new(Mutex::new(Draws(args.seed)));
     // Reports outlive a connection: work goes on while the brain is away.
@@ -113,12 +136,24 @@ pub async fn run(args: BodySimArgs) -> anyhow::Result<()> {
     let mut work = JoinSet::new();
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&args, &memory, &draws, &reports_tx, &mut reports_rx, &mut work).await {
+        match session(
+            &args,
+            &memory,
+            &draws,
+            &reports_tx,
+            &mut reports_rx,
+            &mut work,
+        )
+        .await
+        {
             Ok(()) => {
                 say("the brain closed the connection");
                 backoff = Duration::from_millis(250);
             }
-            Err(e) => say(&format!("{e:#}; retrying in {:.1} s", backoff.as_secs_f64())),
+            Err(e) => say(&format!(
+                "{e:#}; retrying in {:.1} s",
+                backoff.as_secs_f64()
+            )),
         }
         while work.try_join_next().is_some() {}
         tokio::time::sleep(backoff).await;
@@ -134,14 +169,23 @@ async fn session(
     reports_rx: &mut mpsc::Receiver<BodyReport>,
     work: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let mut request = args.url.as_str().into_client_request().context("bad --url")?;
-    let bearer = format!("Bearer {}", args.token).parse().context("the token is not a valid header value")?;
+    let mut request = args
+        .url
+        .as_str()
+        .into_client_request()
+        .context("bad --url")?;
+    let bearer = format!("Bearer {}", args.token)
+        .parse()
+        .context("the token is not a valid header value")?;
     request.headers_mut().insert("Authorization", bearer);
     let (socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .with_context(|| format!("cannot connect to {}", args.url))?;
     let (mut sink, mut stream) = socket.split();
-    sink.send(Message::text(serde_json::json!({"type": "hello", "name": "body-sim"}).to_string())).await?;
+    sink.send(Message::text(
+        serde_json::json!({"type": "hello", "name": "body-sim"}).to_string(),
+    ))
+    .await?;
     loop {
         tokio::select! {
             report = reports_rx.recv() => {
@@ -199,13 +243,28 @@ async fn session(
 }
 
 /// Do one task, reporting as it goes.
-async fn carry_out(id: String, task: PhysicalTask, fails: bool, speed: f64, memory: Memory, reports: mpsc::Sender<BodyReport>) {
+async fn carry_out(
+    id: String,
+    task: PhysicalTask,
+    fails: bool,
+    speed: f64,
+    memory: Memory,
+    reports: mpsc::Sender<BodyReport>,
+) {
     let scaled = |d: Duration| d.div_f64(speed);
     let report = |state: BodyState, detail: Option<String>, progress: Option<f32>| {
-        let r = BodyReport { id: id.clone(), state, detail, progress };
+        let r = BodyReport {
+            id: id.clone(),
+            state,
+            detail,
+            progress,
+        };
         let cancelled = match memory.lock() {
             Ok(mut m) => {
-                let entry = m.entry(id.clone()).or_insert(Known { last: r.clone(), cancelled: false });
+                let entry = m.entry(id.clone()).or_insert(Known {
+                    last: r.clone(),
+                    cancelled: false,
+                });
                 entry.last = r.clone();
                 entry.cancelled
             }
@@ -217,16 +276,30 @@ async fn carry_out(id: String, task: PhysicalTask, fails: bool, speed: f64, memo
         cancelled
     };
     let object = task.object.to_lowercase();
-    if UNREACHABLE.iter().any(|u| object.split_whitespace().any(|w| w == *u)) {
-        report(BodyState::Rejected, Some(format!("the {} is out of reach", task.object)), None);
-        say(&format!("{id}: rejected, the {} is out of reach", task.object));
+    if UNREACHABLE
+        .iter()
+        .any(|u| object.split_whitespace().any(|w| w == *u))
+    {
+        report(
+            BodyState::Rejected,
+            Some(format!("the {} is out of reach", task.object)),
+            None,
+        );
+        say(&format!(
+            "{id}: rejected, the {} is out of reach",
+            task.object
+        ));
         return;
     }
     if report(BodyState::Accepted, None, None) {
         return;
     }
     tokio::time::sleep(scaled(Duration::from_millis(200))).await;
-    if report(BodyState::Running, Some(format!("going for the {}", task.object)), Some(0.0)) {
+    if report(
+        BodyState::Running,
+        Some(format!("going for the {}", task.object)),
+        Some(0.0),
+    ) {
         return;
     }
     let total = scaled(duration_of(task.action));
@@ -235,7 +308,11 @@ async fn carry_out(id: String, task: PhysicalTask, fails: bool, speed: f64, memo
         tokio::time::sleep(total / steps).await;
         let fraction = step as f32 / steps as f32;
         if fails && step == steps - 1 {
-            report(BodyState::Failed, Some(format!("dropped the {}", task.object)), None);
+            report(
+                BodyState::Failed,
+                Some(format!("dropped the {}", task.object)),
+                None,
+            );
             say(&format!("{id}: failed"));
             return;
         }

@@ -2,12 +2,12 @@
 //! and `hear` talk to a running brain over HTTP and print readable tables; `bench` runs the
 //! benchmarks.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
@@ -15,7 +15,11 @@ use crate::config::{Backend, Config, PlannerKind};
 use crate::service::Service;
 
 #[derive(Debug, Parser)]
-#[command(name = "creature", version, about = "The brain of a robot creature: full-duplex voice, inner-monologue tasks, affect and a phone face.")]
+#[command(
+    name = "creature",
+    version,
+    about = "The brain of a robot creature: full-duplex voice, inner-monologue tasks, affect and a phone face."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -143,7 +147,10 @@ pub async fn main() -> ExitCode {
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -158,8 +165,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::BodySim(args) => crate::body_sim::run(args).await,
         Command::Bench(BenchCommand::Tick(args)) => crate::bench::tick(args).await,
         Command::Bench(BenchCommand::Intent(args)) => crate::bench::intent(args).await,
-        Command::Bench(BenchCommand::Mimi(args)) => blocking(move || crate::voice::moshi::bench::mimi(args)).await,
-        Command::Bench(BenchCommand::Lm(args)) => blocking(move || crate::voice::moshi::bench::lm(args)).await,
+        Command::Bench(BenchCommand::Mimi(args)) => {
+            blocking(move || crate::voice::moshi::bench::mimi(args)).await
+        }
+        Command::Bench(BenchCommand::Lm(args)) => {
+            blocking(move || crate::voice::moshi::bench::lm(args)).await
+        }
         Command::Moshi(MoshiCommand::Tiny { dir, seed, q8 }) => moshi_tiny(&dir, seed, q8),
     }
 }
@@ -193,13 +204,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let service = Service::start(config).await?;
     let addr = service.addr();
     tracing::info!(%addr, backend = service.brain().voice.backend(), "the creature is awake");
-    eprintln!("creature: listening on http://{addr}  (face: http://{addr}/face, inspector: http://{addr}/inspector)");
+    eprintln!(
+        "creature: listening on http://{addr}  (face: http://{addr}/face, inspector: http://{addr}/inspector)"
+    );
     service.run_until(shutdown_signal()).await
 }
 
 /// Model compute off the async workers.
 async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(f).await.context("the benchmark thread failed")?
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("the benchmark thread failed")?
 }
 
 #[allow(clippy::print_stdout)]
@@ -217,7 +232,10 @@ fn moshi_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> 
     for (path, size) in &report.files {
         println!("  {:>10} bytes  {}", size, path.display());
     }
-    println!("run it with:  creature serve --voice moshi --moshi-dir {}", dir.display());
+    println!(
+        "run it with:  creature serve --voice moshi --moshi-dir {}",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -257,20 +275,31 @@ struct Client {
 
 impl Client {
     fn new(url: &str) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        Ok(Client { base: url.trim_end_matches('/').to_string(), http })
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            base: url.trim_end_matches('/').to_string(),
+            http,
+        })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
-                anyhow::anyhow!("cannot reach the brain at {}: is `creature serve` running?", self.base)
+                anyhow::anyhow!(
+                    "cannot reach the brain at {}: is `creature serve` running?",
+                    self.base
+                )
             } else {
                 anyhow::anyhow!("request to {} failed: {e}", self.base)
             }
         })?;
         let status = resp.status();
-        let body: Value = resp.json().await.context("the brain answered with something that is not JSON")?;
+        let body: Value = resp
+            .json()
+            .await
+            .context("the brain answered with something that is not JSON")?;
         if !status.is_success() {
             let error = body["error"].as_str().unwrap_or("error");
             let detail = body["detail"].as_str().unwrap_or("");
@@ -280,11 +309,13 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
     }
 }
 
@@ -297,7 +328,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         padded.join("  ").trim_end().to_string()
     };
     let mut out = line(headers.iter().map(|h| h.to_string()).collect());
@@ -317,7 +352,9 @@ fn text(v: &Value) -> String {
 }
 
 fn ms(v: &Value) -> String {
-    v.as_f64().map(|x| format!("{x:.2} ms")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.2} ms"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn duration(ms: u64) -> String {
@@ -349,7 +386,21 @@ async fn actors(client: &Client) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!("{}", table(&["ACTOR", "STATUS", "RESTARTS", "HANDLED", "MAILBOX", "UPTIME", "LAST ERROR"], &rows));
+    println!(
+        "{}",
+        table(
+            &[
+                "ACTOR",
+                "STATUS",
+                "RESTARTS",
+                "HANDLED",
+                "MAILBOX",
+                "UPTIME",
+                "LAST ERROR"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }
 
@@ -359,19 +410,88 @@ async fn state(client: &Client) -> anyhow::Result<()> {
     let v = &s["voice"];
     let a = &s["affect"];
     let t = &s["tasks"];
-    let rows = vec![
+    let mut rows = vec![
         vec!["voice backend".into(), text(&v["backend"])],
-        vec!["ticks".into(), format!("{} ({} overruns, {} missed)", text(&v["ticks"]), text(&v["overruns"]), text(&v["missed_ticks"]))],
-        vec!["tick jitter".into(), format!("p50 {}  p99 {}  max {}", ms(&v["jitter_ms"]["p50_ms"]), ms(&v["jitter_ms"]["p99_ms"]), ms(&v["jitter_ms"]["max_ms"]))],
-        vec!["model compute".into(), format!("p50 {}  p99 {}  (real-time factor p99 {:.3})", ms(&v["compute_ms"]["p50_ms"]), ms(&v["compute_ms"]["p99_ms"]), v["real_time_factor"]["p99"].as_f64().unwrap_or(0.0))],
-        vec!["loop overhead".into(), format!("p99 {}", ms(&v["overhead_ms"]["p99_ms"]))],
-        vec!["speaking".into(), format!("{} (user active: {})", text(&v["speaking"]), text(&v["user_active"]))],
-        vec!["emotion".into(), format!("{} (valence {:.2}, arousal {:.2})", text(&a["emotion"]), a["valence"].as_f64().unwrap_or(0.0), a["arousal"].as_f64().unwrap_or(0.0))],
-        vec!["tasks".into(), format!("{} total {}", text(&t["total"]), by_state(&t["by_state"]))],
-        vec!["reasoner".into(), format!("{} planner, {} thinking, {} queued", text(&s["reasoner"]["planner"]), text(&s["reasoner"]["in_flight"]), text(&s["reasoner"]["queued"]))],
+        vec![
+            "ticks".into(),
+            format!(
+                "{} ({} overruns, {} missed)",
+                text(&v["ticks"]),
+                text(&v["overruns"]),
+                text(&v["missed_ticks"])
+            ),
+        ],
+        vec![
+            "tick jitter".into(),
+            format!(
+                "p50 {}  p99 {}  max {}",
+                ms(&v["jitter_ms"]["p50_ms"]),
+                ms(&v["jitter_ms"]["p99_ms"]),
+                ms(&v["jitter_ms"]["max_ms"])
+            ),
+        ],
+        vec![
+            "model compute".into(),
+            format!(
+                "p50 {}  p99 {}  (real-time factor p99 {:.3})",
+                ms(&v["compute_ms"]["p50_ms"]),
+                ms(&v["compute_ms"]["p99_ms"]),
+                v["real_time_factor"]["p99"].as_f64().unwrap_or(0.0)
+            ),
+        ],
+        vec![
+            "loop overhead".into(),
+            format!("p99 {}", ms(&v["overhead_ms"]["p99_ms"])),
+        ],
+        vec![
+            "speaking".into(),
+            format!(
+                "{} (user active: {})",
+                text(&v["speaking"]),
+                text(&v["user_active"])
+            ),
+        ],
+        vec![
+            "emotion".into(),
+            format!(
+                "{} (valence {:.2}, arousal {:.2})",
+                text(&a["emotion"]),
+                a["valence"].as_f64().unwrap_or(0.0),
+                a["arousal"].as_f64().unwrap_or(0.0)
+            ),
+        ],
+        vec![
+            "tasks".into(),
+            format!("{} total {}", text(&t["total"]), by_state(&t["by_state"])),
+        ],
+        vec![
+            "reasoner".into(),
+            format!(
+                "{} planner, {} thinking, {} queued",
+                text(&s["reasoner"]["planner"]),
+                text(&s["reasoner"]["in_flight"]),
+                text(&s["reasoner"]["queued"])
+            ),
+        ],
         vec!["faces connected".into(), text(&s["face"]["sockets"])],
-        vec!["uptime".into(), duration(s["uptime_ms"].as_u64().unwrap_or(0))],
+        vec![
+            "uptime".into(),
+            duration(s["uptime_ms"].as_u64().unwrap_or(0)),
+        ],
     ];
+    // The local moshi backend: where it runs and how far the conversation is from its reset.
+    let m = &v["model"];
+    if m["steps_until_reset"].is_u64() {
+        let row = format!(
+            "{} {} on {}, {} steps until the next reset ({} resets so far)",
+            text(&m["lm_file"]),
+            text(&m["dtype"]),
+            text(&m["device"]),
+            text(&m["steps_until_reset"]),
+            text(&m["resets"])
+        );
+        rows.insert(4, vec!["moshi".into(), row]);
+    }
     println!("{}", table(&["", ""], &rows).trim_start());
     if let Some(err) = v["last_error"].as_str() {
         println!("last voice error: {err}");
@@ -382,9 +502,18 @@ async fn state(client: &Client) -> anyhow::Result<()> {
 fn by_state(v: &Value) -> String {
     let parts: Vec<String> = v
         .as_object()
-        .map(|m| m.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0).map(|(k, n)| format!("{k} {n}")).collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect()
+        })
         .unwrap_or_default();
-    if parts.is_empty() { String::new() } else { format!("({})", parts.join(", ")) }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("({})", parts.join(", "))
+    }
 }
 
 fn task_row(t: &Value) -> Vec<String> {
@@ -400,34 +529,55 @@ fn task_row(t: &Value) -> Vec<String> {
     ]
 }
 
-const TASK_HEADERS: [&str; 7] = ["ID", "STATE", "ACTION", "OBJECT", "DESTINATION", "SOURCE", "UTTERANCE"];
+const TASK_HEADERS: [&str; 7] = [
+    "ID",
+    "STATE",
+    "ACTION",
+    "OBJECT",
+    "DESTINATION",
+    "SOURCE",
+    "UTTERANCE",
+];
 
 #[allow(clippy::print_stdout)]
 async fn tasks(client: &Client) -> anyhow::Result<()> {
     let list = client.get("/api/tasks").await?;
-    let rows: Vec<Vec<String>> = list.as_array().map(|a| a.iter().map(task_row).collect()).unwrap_or_default();
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(|a| a.iter().map(task_row).collect())
+        .unwrap_or_default();
     println!("{}", table(&TASK_HEADERS, &rows));
     Ok(())
 }
 
 #[allow(clippy::print_stdout)]
 async fn task(client: &Client, utterance: &str) -> anyhow::Result<()> {
-    let t = client.post("/api/tasks", serde_json::json!({ "utterance": utterance })).await?;
+    let t = client
+        .post("/api/tasks", serde_json::json!({ "utterance": utterance }))
+        .await?;
     println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
     Ok(())
 }
 
 #[allow(clippy::print_stdout)]
 async fn cancel(client: &Client, id: &str) -> anyhow::Result<()> {
-    let t = client.post(&format!("/api/tasks/{id}/cancel"), serde_json::json!({})).await?;
+    let t = client
+        .post(&format!("/api/tasks/{id}/cancel"), serde_json::json!({}))
+        .await?;
     println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
     Ok(())
 }
 
 #[allow(clippy::print_stdout)]
 async fn hear(client: &Client, text: &str) -> anyhow::Result<()> {
-    let r = client.post("/api/hear", serde_json::json!({ "text": text })).await?;
-    println!("the creature ({}) heard: {}", self::text(&r["backend"]), self::text(&r["heard"]));
+    let r = client
+        .post("/api/hear", serde_json::json!({ "text": text }))
+        .await?;
+    println!(
+        "the creature ({}) heard: {}",
+        self::text(&r["backend"]),
+        self::text(&r["heard"])
+    );
     Ok(())
 }
 
@@ -437,7 +587,13 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["A", "BB"], &[vec!["long cell".into(), "x".into()], vec!["y".into(), "z".into()]]);
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["long cell".into(), "x".into()],
+                vec!["y".into(), "z".into()],
+            ],
+        );
         assert_eq!(t, "A          BB\nlong cell  x\ny          z");
     }
 

@@ -6,20 +6,23 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use creature_actors::BrainConfig;
 use creature_actors::affect::AffectConfig;
 use creature_actors::face::FaceConfig;
 use creature_actors::monologue::MonologueConfig;
 use creature_actors::reasoner::ReasonerConfig;
 use creature_actors::tasks::TasksConfig;
 use creature_actors::voice::VoiceConfig;
-use creature_actors::BrainConfig;
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config value `{key}` is invalid: {reason}")]
@@ -91,7 +94,10 @@ pub struct SupervisionConfig {
 
 impl Default for SupervisionConfig {
     fn default() -> Self {
-        SupervisionConfig { max_restarts: 5, restart_window_secs: 10.0 }
+        SupervisionConfig {
+            max_restarts: 5,
+            restart_window_secs: 10.0,
+        }
     }
 }
 
@@ -243,14 +249,26 @@ impl Default for MoshiSection {
 impl MoshiSection {
     /// Refuse values the model cannot run with, naming the key.
     pub fn check(&self) -> Result<(), ConfigError> {
-        for (key, t) in [("voice.moshi.temperature", self.temperature), ("voice.moshi.text_temperature", self.text_temperature)] {
+        for (key, t) in [
+            ("voice.moshi.temperature", self.temperature),
+            ("voice.moshi.text_temperature", self.text_temperature),
+        ] {
             if !(t.is_finite() && (0.0..=10.0).contains(&t)) {
-                return Err(ConfigError::Invalid { key, reason: format!("{t} is outside 0..10 (0 = always the likeliest)") });
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{t} is outside 0..10 (0 = always the likeliest)"),
+                });
             }
         }
-        for (key, k) in [("voice.moshi.top_k", self.top_k), ("voice.moshi.text_top_k", self.text_top_k)] {
+        for (key, k) in [
+            ("voice.moshi.top_k", self.top_k),
+            ("voice.moshi.text_top_k", self.text_top_k),
+        ] {
             if k == 0 {
-                return Err(ConfigError::Invalid { key, reason: "must be at least 1".into() });
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
             }
         }
         if !(8..=100_000).contains(&self.max_steps) {
@@ -341,7 +359,10 @@ impl RemoteSection {
             );
         }
         if !self.url.starts_with("ws://") || self.url.len() <= "ws://".len() {
-            return invalid("voice.remote.url", format!("{:?} is not a ws:// URL", self.url));
+            return invalid(
+                "voice.remote.url",
+                format!("{:?} is not a ws:// URL", self.url),
+            );
         }
         for (key, t) in [
             ("voice.remote.text_temperature", self.text_temperature),
@@ -351,16 +372,25 @@ impl RemoteSection {
                 return invalid(key, format!("{t} is outside 0..10"));
             }
         }
-        for (key, k) in [("voice.remote.text_topk", self.text_topk), ("voice.remote.audio_topk", self.audio_topk)] {
+        for (key, k) in [
+            ("voice.remote.text_topk", self.text_topk),
+            ("voice.remote.audio_topk", self.audio_topk),
+        ] {
             if k == 0 {
                 return invalid(key, "must be at least 1".into());
             }
         }
         if !self.pad_mult.is_finite() {
-            return invalid("voice.remote.pad_mult", format!("{} is not a number", self.pad_mult));
+            return invalid(
+                "voice.remote.pad_mult",
+                format!("{} is not a number", self.pad_mult),
+            );
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return invalid("voice.remote.repetition_penalty", format!("{} is not positive", self.repetition_penalty));
+            return invalid(
+                "voice.remote.repetition_penalty",
+                format!("{} is not positive", self.repetition_penalty),
+            );
         }
         const HOUR_MS: u64 = 3_600_000;
         for (key, ms) in [
@@ -374,19 +404,31 @@ impl RemoteSection {
             }
         }
         if self.backoff_max_ms < self.backoff_min_ms {
-            return invalid("voice.remote.backoff_max_ms", "must not be below voice.remote.backoff_min_ms".into());
+            return invalid(
+                "voice.remote.backoff_max_ms",
+                "must not be below voice.remote.backoff_min_ms".into(),
+            );
         }
         if !(2..=250).contains(&self.jitter_buffer_frames) {
-            return invalid("voice.remote.jitter_buffer_frames", format!("{} is outside 2..250", self.jitter_buffer_frames));
+            return invalid(
+                "voice.remote.jitter_buffer_frames",
+                format!("{} is outside 2..250", self.jitter_buffer_frames),
+            );
         }
         if !(1..=self.jitter_buffer_frames).contains(&self.prefill_frames) {
             return invalid(
                 "voice.remote.prefill_frames",
-                format!("{} is outside 1..jitter_buffer_frames ({})", self.prefill_frames, self.jitter_buffer_frames),
+                format!(
+                    "{} is outside 1..jitter_buffer_frames ({})",
+                    self.prefill_frames, self.jitter_buffer_frames
+                ),
             );
         }
         if !(1..=250).contains(&self.send_queue_frames) {
-            return invalid("voice.remote.send_queue_frames", format!("{} is outside 1..250", self.send_queue_frames));
+            return invalid(
+                "voice.remote.send_queue_frames",
+                format!("{} is outside 1..250", self.send_queue_frames),
+            );
         }
         Ok(())
     }
@@ -492,25 +534,41 @@ impl LlmSection {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         let url = self.base_url.trim();
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return invalid("reasoner.llm.base_url", format!("{url:?} is not an http:// or https:// URL"));
+            return invalid(
+                "reasoner.llm.base_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            );
         }
         if self.model.trim().is_empty() {
             return invalid("reasoner.llm.model", "must name a model".into());
         }
         if self.api_key_env.contains('=') || self.api_key_env.contains('\0') {
-            return invalid("reasoner.llm.api_key_env", format!("{:?} is not an environment variable name", self.api_key_env));
+            return invalid(
+                "reasoner.llm.api_key_env",
+                format!("{:?} is not an environment variable name", self.api_key_env),
+            );
         }
-        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0 && self.timeout_secs <= 600.0) {
-            return invalid("reasoner.llm.timeout_secs", format!("{} is outside 0..600 seconds", self.timeout_secs));
+        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0 && self.timeout_secs <= 600.0)
+        {
+            return invalid(
+                "reasoner.llm.timeout_secs",
+                format!("{} is outside 0..600 seconds", self.timeout_secs),
+            );
         }
         if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
-            return invalid("reasoner.llm.temperature", format!("{} is outside 0..2", self.temperature));
+            return invalid(
+                "reasoner.llm.temperature",
+                format!("{} is outside 0..2", self.temperature),
+            );
         }
         if self.max_tokens == 0 {
             return invalid("reasoner.llm.max_tokens", "must be at least 1".into());
         }
         if !(1..=32).contains(&self.max_steps) {
-            return invalid("reasoner.llm.max_steps", format!("{} is outside 1..32", self.max_steps));
+            return invalid(
+                "reasoner.llm.max_steps",
+                format!("{} is outside 1..32", self.max_steps),
+            );
         }
         Ok(())
     }
@@ -528,7 +586,10 @@ pub struct AffectSection {
 impl Default for AffectSection {
     fn default() -> Self {
         let a = AffectConfig::default();
-        AffectSection { idle_after_secs: a.idle_after.as_secs_f64(), glide: a.glide }
+        AffectSection {
+            idle_after_secs: a.idle_after.as_secs_f64(),
+            glide: a.glide,
+        }
     }
 }
 
@@ -579,7 +640,11 @@ pub const DEV_BODY_TOKEN: &str = "creature-dev-token";
 
 impl Default for BodySection {
     fn default() -> Self {
-        BodySection { token: DEV_BODY_TOKEN.into(), redeliver_after_secs: 5.0, max_messages_per_sec: 50 }
+        BodySection {
+            token: DEV_BODY_TOKEN.into(),
+            redeliver_after_secs: 5.0,
+            max_messages_per_sec: 50,
+        }
     }
 }
 
@@ -587,7 +652,10 @@ fn secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(ConfigError::Invalid { key, reason: format!("{v} is not a positive number of seconds") })
+        Err(ConfigError::Invalid {
+            key,
+            reason: format!("{v} is not a positive number of seconds"),
+        })
     }
 }
 
@@ -595,17 +663,24 @@ fn unit(key: &'static str, v: f32) -> Result<f32, ConfigError> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
-        Err(ConfigError::Invalid { key, reason: format!("{v} is outside 0..1") })
+        Err(ConfigError::Invalid {
+            key,
+            reason: format!("{v} is outside 0..1"),
+        })
     }
 }
 
 impl Config {
     /// Read and check a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.brain_config()?;
         Ok(config)
     }
@@ -613,16 +688,28 @@ impl Config {
     /// The actor-level settings, checked.
     pub fn brain_config(&self) -> Result<BrainConfig, ConfigError> {
         if self.brain.max_restarts == 0 {
-            return Err(ConfigError::Invalid { key: "brain.max_restarts", reason: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "brain.max_restarts",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.body.token.trim().is_empty() {
-            return Err(ConfigError::Invalid { key: "body.token", reason: "must not be empty".into() });
+            return Err(ConfigError::Invalid {
+                key: "body.token",
+                reason: "must not be empty".into(),
+            });
         }
         if self.body.max_messages_per_sec == 0 {
-            return Err(ConfigError::Invalid { key: "body.max_messages_per_sec", reason: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "body.max_messages_per_sec",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.reasoner.max_in_flight == 0 {
-            return Err(ConfigError::Invalid { key: "reasoner.max_in_flight", reason: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "reasoner.max_in_flight",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.face.mouth_ceil_dbfs <= self.face.mouth_floor_dbfs {
             return Err(ConfigError::Invalid {
@@ -652,10 +739,15 @@ impl Config {
             },
             monologue: MonologueConfig {
                 pause: Duration::from_millis(self.monologue.pause_ms.max(1)),
-                dedupe_window: secs("monologue.dedupe_window_secs", self.monologue.dedupe_window_secs)?,
+                dedupe_window: secs(
+                    "monologue.dedupe_window_secs",
+                    self.monologue.dedupe_window_secs,
+                )?,
                 max_phrase_chars: self.monologue.max_phrase_chars.max(16),
             },
-            tasks: TasksConfig { redeliver_after: secs("body.redeliver_after_secs", self.body.redeliver_after_secs)? },
+            tasks: TasksConfig {
+                redeliver_after: secs("body.redeliver_after_secs", self.body.redeliver_after_secs)?,
+            },
             reasoner: ReasonerConfig {
                 max_in_flight: self.reasoner.max_in_flight,
                 queue_capacity: self.reasoner.queue_capacity.max(1),
@@ -686,7 +778,11 @@ mod tests {
     fn the_shipped_config_file_is_exactly_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/creature.toml");
         let config = Config::load(&path).unwrap();
-        assert_eq!(config, Config::default(), "config/creature.toml drifted from the defaults in code");
+        assert_eq!(
+            config,
+            Config::default(),
+            "config/creature.toml drifted from the defaults in code"
+        );
     }
 
     #[test]
@@ -699,7 +795,8 @@ mod tests {
 
     #[test]
     fn partial_files_keep_the_other_defaults() {
-        let c = parse("[server]\naddr = \"0.0.0.0:9000\"\n[voice]\nbackend = \"moshi-remote\"\n").unwrap();
+        let c = parse("[server]\naddr = \"0.0.0.0:9000\"\n[voice]\nbackend = \"moshi-remote\"\n")
+            .unwrap();
         assert_eq!(c.server.addr.port(), 9000);
         assert_eq!(c.server.max_body_bytes, 64 * 1024);
         assert_eq!(c.voice.backend, Backend::MoshiRemote);
@@ -710,15 +807,28 @@ mod tests {
     fn nonsense_values_are_refused_with_the_key() {
         let mut c = Config::default();
         c.affect.glide = 3.0;
-        assert!(c.brain_config().unwrap_err().to_string().contains("affect.glide"));
+        assert!(
+            c.brain_config()
+                .unwrap_err()
+                .to_string()
+                .contains("affect.glide")
+        );
         let mut c = Config::default();
         c.brain.restart_window_secs = -1.0;
-        assert!(c.brain_config().unwrap_err().to_string().contains("brain.restart_window_secs"));
+        assert!(
+            c.brain_config()
+                .unwrap_err()
+                .to_string()
+                .contains("brain.restart_window_secs")
+        );
     }
 
     #[test]
     fn moshi_keys_parse_and_bad_values_name_the_key() {
-        let c = parse("[voice.moshi]\ndir = \"/m\"\ndevice = \"cuda\"\ndtype = \"bf16\"\nmax_steps = 100\n").unwrap();
+        let c = parse(
+            "[voice.moshi]\ndir = \"/m\"\ndevice = \"cuda\"\ndtype = \"bf16\"\nmax_steps = 100\n",
+        )
+        .unwrap();
         assert_eq!(c.voice.moshi.dir, Some(PathBuf::from("/m")));
         assert_eq!(c.voice.moshi.device, MoshiDevice::Cuda);
         assert_eq!(c.voice.moshi.dtype, MoshiDtype::Bf16);
@@ -728,13 +838,28 @@ mod tests {
         assert!(err.contains("unknown field `topk`"), "{err}");
         let mut c = Config::default();
         c.voice.moshi.max_steps = 2;
-        assert!(c.brain_config().unwrap_err().to_string().contains("voice.moshi.max_steps"));
+        assert!(
+            c.brain_config()
+                .unwrap_err()
+                .to_string()
+                .contains("voice.moshi.max_steps")
+        );
         let mut c = Config::default();
         c.voice.moshi.text_temperature = f64::NAN;
-        assert!(c.brain_config().unwrap_err().to_string().contains("voice.moshi.text_temperature"));
+        assert!(
+            c.brain_config()
+                .unwrap_err()
+                .to_string()
+                .contains("voice.moshi.text_temperature")
+        );
         let mut c = Config::default();
         c.voice.moshi.dtype = MoshiDtype::Bf16;
-        assert!(c.brain_config().unwrap_err().to_string().contains("voice.moshi.dtype"));
+        assert!(
+            c.brain_config()
+                .unwrap_err()
+                .to_string()
+                .contains("voice.moshi.dtype")
+        );
     }
 
     #[test]
@@ -756,10 +881,19 @@ mod tests {
         bad(|r| r.url = "wss://gpu/api/chat".into(), "voice.remote.url");
         bad(|r| r.url = "http://gpu/api/chat".into(), "voice.remote.url");
         bad(|r| r.backoff_max_ms = 10, "voice.remote.backoff_max_ms");
-        bad(|r| r.connect_timeout_ms = 0, "voice.remote.connect_timeout_ms");
-        bad(|r| r.text_temperature = f64::NAN, "voice.remote.text_temperature");
+        bad(
+            |r| r.connect_timeout_ms = 0,
+            "voice.remote.connect_timeout_ms",
+        );
+        bad(
+            |r| r.text_temperature = f64::NAN,
+            "voice.remote.text_temperature",
+        );
         bad(|r| r.prefill_frames = 9, "voice.remote.prefill_frames");
-        bad(|r| r.jitter_buffer_frames = 1, "voice.remote.jitter_buffer_frames");
+        bad(
+            |r| r.jitter_buffer_frames = 1,
+            "voice.remote.jitter_buffer_frames",
+        );
     }
 
     #[test]
@@ -781,7 +915,10 @@ mod tests {
             let err = c.brain_config().unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         };
-        bad(|l| l.base_url = "127.0.0.1:8080/v1".into(), "reasoner.llm.base_url");
+        bad(
+            |l| l.base_url = "127.0.0.1:8080/v1".into(),
+            "reasoner.llm.base_url",
+        );
         bad(|l| l.timeout_secs = 0.0, "reasoner.llm.timeout_secs");
         bad(|l| l.temperature = f32::NAN, "reasoner.llm.temperature");
         bad(|l| l.max_tokens = 0, "reasoner.llm.max_tokens");

@@ -6,19 +6,58 @@ use serde_json::Value;
 
 /// Every schema file, by file name.
 pub const SCHEMAS: &[(&str, &str)] = &[
-    ("actor.schema.json", include_str!("../schemas/actor.schema.json")),
-    ("actors.schema.json", include_str!("../schemas/actors.schema.json")),
-    ("audio_control.schema.json", include_str!("../schemas/audio_control.schema.json")),
-    ("body_to_brain.schema.json", include_str!("../schemas/body_to_brain.schema.json")),
-    ("brain_to_body.schema.json", include_str!("../schemas/brain_to_body.schema.json")),
-    ("do_physical_task.schema.json", include_str!("../schemas/do_physical_task.schema.json")),
-    ("error.schema.json", include_str!("../schemas/error.schema.json")),
-    ("face_frame.schema.json", include_str!("../schemas/face_frame.schema.json")),
-    ("hear_request.schema.json", include_str!("../schemas/hear_request.schema.json")),
-    ("hear_response.schema.json", include_str!("../schemas/hear_response.schema.json")),
-    ("state.schema.json", include_str!("../schemas/state.schema.json")),
-    ("task.schema.json", include_str!("../schemas/task.schema.json")),
-    ("task_request.schema.json", include_str!("../schemas/task_request.schema.json")),
+    (
+        "actor.schema.json",
+        include_str!("../schemas/actor.schema.json"),
+    ),
+    (
+        "actors.schema.json",
+        include_str!("../schemas/actors.schema.json"),
+    ),
+    (
+        "audio_control.schema.json",
+        include_str!("../schemas/audio_control.schema.json"),
+    ),
+    (
+        "body_to_brain.schema.json",
+        include_str!("../schemas/body_to_brain.schema.json"),
+    ),
+    (
+        "brain_to_body.schema.json",
+        include_str!("../schemas/brain_to_body.schema.json"),
+    ),
+    (
+        "do_physical_task.schema.json",
+        include_str!("../schemas/do_physical_task.schema.json"),
+    ),
+    (
+        "error.schema.json",
+        include_str!("../schemas/error.schema.json"),
+    ),
+    (
+        "face_frame.schema.json",
+        include_str!("../schemas/face_frame.schema.json"),
+    ),
+    (
+        "hear_request.schema.json",
+        include_str!("../schemas/hear_request.schema.json"),
+    ),
+    (
+        "hear_response.schema.json",
+        include_str!("../schemas/hear_response.schema.json"),
+    ),
+    (
+        "state.schema.json",
+        include_str!("../schemas/state.schema.json"),
+    ),
+    (
+        "task.schema.json",
+        include_str!("../schemas/task.schema.json"),
+    ),
+    (
+        "task_request.schema.json",
+        include_str!("../schemas/task_request.schema.json"),
+    ),
 ];
 
 /// Where the schemas' `$id`s live.
@@ -39,13 +78,19 @@ pub fn schema(name: &str) -> Result<Value, SchemaError> {
         .find(|(n, _)| *n == name)
         .map(|(_, t)| *t)
         .ok_or_else(|| SchemaError::Unknown(name.to_string()))?;
-    serde_json::from_str(text).map_err(|e| SchemaError::Invalid { name: name.into(), reason: e.to_string() })
+    serde_json::from_str(text).map_err(|e| SchemaError::Invalid {
+        name: name.into(),
+        reason: e.to_string(),
+    })
 }
 
 struct Embedded;
 
 impl Retrieve for Embedded {
-    fn retrieve(&self, uri: &Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         let name = uri
             .as_str()
             .strip_prefix(BASE)
@@ -60,12 +105,18 @@ pub fn validator(name: &str) -> Result<Validator, SchemaError> {
     jsonschema::options()
         .with_retriever(Embedded)
         .build(&root)
-        .map_err(|e| SchemaError::Invalid { name: name.into(), reason: e.to_string() })
+        .map_err(|e| SchemaError::Invalid {
+            name: name.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// Every way `instance` breaks the schema, as readable lines (empty when valid).
 pub fn violations(validator: &Validator, instance: &Value) -> Vec<String> {
-    validator.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -81,7 +132,11 @@ mod tests {
         }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
         let on_disk = std::fs::read_dir(dir).unwrap().count();
-        assert_eq!(on_disk, SCHEMAS.len(), "a schema file is missing from SCHEMAS");
+        assert_eq!(
+            on_disk,
+            SCHEMAS.len(),
+            "a schema file is missing from SCHEMAS"
+        );
     }
 
     #[test]
@@ -89,7 +144,8 @@ mod tests {
         let v = validator("do_physical_task.schema.json").unwrap();
         let good = serde_json::json!({"action": "bring", "object": "cup", "utterance": "bring me the cup", "confidence": 0.9});
         assert!(violations(&v, &good).is_empty());
-        let bad = serde_json::json!({"action": "fly", "object": "", "utterance": "x", "confidence": 2});
+        let bad =
+            serde_json::json!({"action": "fly", "object": "", "utterance": "x", "confidence": 2});
         let errs = violations(&v, &bad);
         assert!(errs.len() >= 3, "{errs:?}");
     }
@@ -103,6 +159,9 @@ mod tests {
             "source": "api", "created_ms": 1, "updated_ms": 1, "deliveries": 0,
             "history": [{"state": "pending", "at_ms": 1}]
         });
-        assert!(!violations(&v, &bad_args).is_empty(), "the nested do_physical_task schema applied");
+        assert!(
+            !violations(&v, &bad_args).is_empty(),
+            "the nested do_physical_task schema applied"
+        );
     }
 }

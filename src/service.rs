@@ -20,7 +20,12 @@ use crate::voice;
 
 /// Start the actor tree on the configured ports.
 pub async fn start_brain(config: &Config) -> anyhow::Result<Arc<BrainHandle>> {
-    let model = voice::build(config).context("cannot start the voice model")?;
+    // Loading real weights takes seconds and blocks: keep it off the async workers.
+    let for_model = config.clone();
+    let model = tokio::task::spawn_blocking(move || voice::build(&for_model))
+        .await
+        .context("the voice model loader died")?
+        .context("cannot start the voice model")?;
     start_brain_with(config, model, None).await
 }
 
@@ -32,12 +37,17 @@ pub async fn start_brain_with(
 ) -> anyhow::Result<Arc<BrainHandle>> {
     let brain_config = config.brain_config()?;
     let ledger = config.data_dir.join("tasks");
-    let store = SledTaskStore::open(&ledger).with_context(|| format!("cannot open the task ledger in {}", ledger.display()))?;
+    let store = SledTaskStore::open(&ledger)
+        .with_context(|| format!("cannot open the task ledger in {}", ledger.display()))?;
     let planner = match planner {
         Some(planner) => planner,
         None => build_planner(config)?,
     };
-    let ports = BrainPorts { model, planner, store: Arc::new(store) };
+    let ports = BrainPorts {
+        model,
+        planner,
+        store: Arc::new(store),
+    };
     let brain = BrainHandle::start(brain_config, ports).await?;
     Ok(Arc::new(brain))
 }
@@ -45,19 +55,21 @@ pub async fn start_brain_with(
 /// The planner `[reasoner] planner` names.
 fn build_planner(config: &Config) -> anyhow::Result<Arc<dyn Planner>> {
     Ok(match config.reasoner.planner {
-        PlannerKind::Rules => {
-            Arc::new(RulePlanner { min_confidence: config.reasoner.min_confidence, ..RulePlanner::default() })
-        }
-        PlannerKind::Llm => {
-            Arc::new(LlmPlanner::from_config(&config.reasoner).context("cannot build the LLM planner")?)
-        }
+        PlannerKind::Rules => Arc::new(RulePlanner {
+            min_confidence: config.reasoner.min_confidence,
+            ..RulePlanner::default()
+        }),
+        PlannerKind::Llm => Arc::new(
+            LlmPlanner::from_config(&config.reasoner).context("cannot build the LLM planner")?,
+        ),
     })
 }
 
 #[cfg(feature = "audio-device")]
 fn start_local_audio(brain: &BrainHandle) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
-    let audio = crate::audio_device::LocalAudio::start(Arc::clone(brain.inbox()), brain.subscribe_audio())
-        .context("cannot use the local microphone and speaker ([audio] device = true)")?;
+    let audio =
+        crate::audio_device::LocalAudio::start(Arc::clone(brain.inbox()), brain.subscribe_audio())
+            .context("cannot use the local microphone and speaker ([audio] device = true)")?;
     Ok(Box::new(audio))
 }
 
@@ -92,7 +104,11 @@ impl Service {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.addr))?;
         let addr = listener.local_addr()?;
-        let local_audio = if config.audio.device { Some(start_local_audio(&brain)?) } else { None };
+        let local_audio = if config.audio.device {
+            Some(start_local_audio(&brain)?)
+        } else {
+            None
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let state = AppState::new(Arc::clone(&brain), config);
         if local_audio.is_some() {
@@ -102,7 +118,13 @@ impl Service {
         let server = tokio::spawn(server::serve(listener, state, async {
             let _ = stopped.await;
         }));
-        Ok(Service { brain, _local_audio: local_audio, addr, stop: Some(stop), server })
+        Ok(Service {
+            brain,
+            _local_audio: local_audio,
+            addr,
+            stop: Some(stop),
+            server,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -115,7 +137,10 @@ impl Service {
 
     /// Run until `shutdown` completes or the brain stops on its own; then stop both.
     /// An error says why the brain stopped, if it was not asked to.
-    pub async fn run_until<F: std::future::Future<Output = ()>>(mut self, shutdown: F) -> anyhow::Result<()> {
+    pub async fn run_until<F: std::future::Future<Output = ()>>(
+        mut self,
+        shutdown: F,
+    ) -> anyhow::Result<()> {
         let brain = Arc::clone(&self.brain);
         tokio::select! {
             _ = shutdown => tracing::info!("shutting down"),

@@ -14,7 +14,9 @@ pub struct SledTaskStore {
 
 impl std::fmt::Debug for SledTaskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledTaskStore").field("path", &self.path).finish()
+        f.debug_struct("SledTaskStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -32,9 +34,15 @@ impl SledTaskStore {
             // The ledger is small; a modest cache keeps the brain's memory flat.
             .cache_capacity(8 * 1024 * 1024)
             .open()
-            .map_err(|e| StoreError::Io(format!("cannot open task ledger at {}: {e}", dir.display())))?;
+            .map_err(|e| {
+                StoreError::Io(format!("cannot open task ledger at {}: {e}", dir.display()))
+            })?;
         let tasks = db.open_tree("tasks").map_err(io)?;
-        Ok(SledTaskStore { db, tasks, path: dir.to_path_buf() })
+        Ok(SledTaskStore {
+            db,
+            tasks,
+            path: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -65,9 +73,14 @@ impl TaskStore for SledTaskStore {
     fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
         match self.tasks.get(id.as_bytes()).map_err(io)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { id: id.to_string(), reason: e.to_string() }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        id: id.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -82,7 +95,11 @@ impl TaskStore for SledTaskStore {
                 Err(e) => tracing::error!(%id, cause = %e, "skipping corrupt task record"),
             }
         }
-        all.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.id.cmp(&b.id)));
+        all.sort_by(|a, b| {
+            a.created_ms
+                .cmp(&b.created_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(all)
     }
 }
@@ -100,7 +117,12 @@ mod tests {
             utterance: format!("pick up the {object}"),
             confidence: 0.8,
         };
-        Task::new(format!("task-{:06}", store.next_id().unwrap()), args, TaskSource::Api, None)
+        Task::new(
+            format!("task-{:06}", store.next_id().unwrap()),
+            args,
+            TaskSource::Api,
+            None,
+        )
     }
 
     #[test]
@@ -126,7 +148,11 @@ mod tests {
         assert_eq!(again.history.len(), 2);
         // Ids keep going up after a reopen.
         let next = store.next_id().unwrap();
-        let last: u64 = all.iter().map(|t| t.id[5..].parse::<u64>().unwrap()).max().unwrap();
+        let last: u64 = all
+            .iter()
+            .map(|t| t.id[5..].parse::<u64>().unwrap())
+            .max()
+            .unwrap();
         assert!(next > last, "{next} after {last}");
     }
 
@@ -136,7 +162,10 @@ mod tests {
         let store = SledTaskStore::open(dir.path()).unwrap();
         let good = task(&store, "cup");
         store.put(&good).unwrap();
-        store.tasks.insert("task-bad", b"{not json".to_vec()).unwrap();
+        store
+            .tasks
+            .insert("task-bad", b"{not json".to_vec())
+            .unwrap();
         assert_eq!(store.list().unwrap().len(), 1);
         let err = store.get("task-bad").unwrap_err();
         assert!(err.to_string().contains("task-bad"), "{err}");

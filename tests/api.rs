@@ -5,14 +5,14 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use creature::server::{app, AppState};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use creature::server::{AppState, app};
 use creature::service::start_brain;
 use creature_actors::BrainHandle;
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use common::{assert_schema, test_config};
@@ -28,32 +28,47 @@ async fn api() -> Api {
     let config = test_config(dir.path());
     let brain = start_brain(&config).await.unwrap();
     let router = app(AppState::new(Arc::clone(&brain), config));
-    Api { router, brain, _dir: dir }
+    Api {
+        router,
+        brain,
+        _dir: dir,
+    }
 }
 
 impl Api {
     async fn call(&self, req: Request<Body>) -> (StatusCode, Value, String) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let ctype = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value, ctype)
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        let (s, v, _) = self.call(Request::get(uri).body(Body::empty()).unwrap()).await;
+        let (s, v, _) = self
+            .call(Request::get(uri).body(Body::empty()).unwrap())
+            .await;
         (s, v)
     }
 
     async fn post_raw(&self, uri: &str, body: impl Into<Body>, ctype: &str) -> (StatusCode, Value) {
-        let req = Request::post(uri).header(header::CONTENT_TYPE, ctype).body(body.into()).unwrap();
+        let req = Request::post(uri)
+            .header(header::CONTENT_TYPE, ctype)
+            .body(body.into())
+            .unwrap();
         let (s, v, _) = self.call(req).await;
         (s, v)
     }
 
     async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
-        self.post_raw(uri, body.to_string(), "application/json").await
+        self.post_raw(uri, body.to_string(), "application/json")
+            .await
     }
 }
 
@@ -74,8 +89,24 @@ async fn health_actors_and_state_follow_their_schemas() {
     let (s, actors) = api.get("/api/actors").await;
     assert_eq!(s, 200);
     assert_schema("actors.schema.json", &actors);
-    let names: Vec<_> = actors.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["brain", "voice", "monologue", "reasoner", "tasks", "affect", "face"]);
+    let names: Vec<_> = actors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "brain",
+            "voice",
+            "monologue",
+            "reasoner",
+            "tasks",
+            "affect",
+            "face"
+        ]
+    );
     for a in actors.as_array().unwrap() {
         assert_eq!(a["status"], "running", "{a}");
     }
@@ -98,7 +129,9 @@ async fn health_actors_and_state_follow_their_schemas() {
 #[tokio::test]
 async fn tasks_from_utterances_and_from_explicit_arguments() {
     let api = api().await;
-    let (s, task) = api.post("/api/tasks", json!({"utterance": "bring me the cup"})).await;
+    let (s, task) = api
+        .post("/api/tasks", json!({"utterance": "bring me the cup"}))
+        .await;
     assert_eq!(s, 201, "{task}");
     assert_schema("task.schema.json", &task);
     assert_eq!(task["arguments"]["action"], "bring");
@@ -107,13 +140,18 @@ async fn tasks_from_utterances_and_from_explicit_arguments() {
     assert_eq!(task["source"], "api");
 
     let (s, placed) = api
-        .post("/api/tasks", json!({"action": "place", "object": "book", "destination": "shelf", "confidence": 0.8}))
+        .post(
+            "/api/tasks",
+            json!({"action": "place", "object": "book", "destination": "shelf", "confidence": 0.8}),
+        )
         .await;
     assert_eq!(s, 201, "{placed}");
     assert_schema("task.schema.json", &placed);
     assert_eq!(placed["arguments"]["destination"], "shelf");
 
-    let (s, got) = api.get(&format!("/api/tasks/{}", task["id"].as_str().unwrap())).await;
+    let (s, got) = api
+        .get(&format!("/api/tasks/{}", task["id"].as_str().unwrap()))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(got, task);
     let (s, all) = api.get("/api/tasks").await;
@@ -129,19 +167,38 @@ async fn tasks_from_utterances_and_from_explicit_arguments() {
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_the_service_stays_up() {
     let api = api().await;
-    let (s, b) = api.post_raw("/api/tasks", "{\"utterance\": ", "application/json").await;
+    let (s, b) = api
+        .post_raw("/api/tasks", "{\"utterance\": ", "application/json")
+        .await;
     assert_error(s, &b, 400, "malformed_json");
-    let (s, b) = api.post("/api/tasks", json!({"utterance": "bring me the cup", "colour": "red"})).await;
+    let (s, b) = api
+        .post(
+            "/api/tasks",
+            json!({"utterance": "bring me the cup", "colour": "red"}),
+        )
+        .await;
     assert_error(s, &b, 422, "invalid_body");
-    assert!(b["detail"].as_str().unwrap().contains("colour"), "the unknown field is named: {b}");
-    let (s, b) = api.post("/api/tasks", json!({"action": "fly", "object": "kite"})).await;
+    assert!(
+        b["detail"].as_str().unwrap().contains("colour"),
+        "the unknown field is named: {b}"
+    );
+    let (s, b) = api
+        .post("/api/tasks", json!({"action": "fly", "object": "kite"}))
+        .await;
     assert_error(s, &b, 422, "invalid_body");
     assert!(b["detail"].as_str().unwrap().contains("fly"), "{b}");
-    let (s, b) = api.post("/api/tasks", json!({"utterance": "what a lovely day"})).await;
+    let (s, b) = api
+        .post("/api/tasks", json!({"utterance": "what a lovely day"}))
+        .await;
     assert_error(s, &b, 422, "no_physical_task");
     let (s, b) = api.post("/api/tasks", json!({"action": "bring"})).await;
     assert_error(s, &b, 422, "invalid_task");
-    let (s, b) = api.post("/api/tasks", json!({"action": "bring", "object": "cup", "confidence": 3})).await;
+    let (s, b) = api
+        .post(
+            "/api/tasks",
+            json!({"action": "bring", "object": "cup", "confidence": 3}),
+        )
+        .await;
     assert_error(s, &b, 422, "invalid_task");
     let (s, b) = api.post("/api/tasks", json!({})).await;
     assert_error(s, &b, 422, "invalid_task");
@@ -150,30 +207,49 @@ async fn bad_input_gets_a_clear_error_and_the_service_stays_up() {
     assert_error(s, &b, 413, "body_too_large");
     let (s, b) = api.post_raw("/api/tasks", "{}", "text/plain").await;
     assert_error(s, &b, 415, "unsupported_media_type");
-    let (s, b) = api.post_raw("/api/hear", [0xff_u8, 0xfe, 0x00].to_vec(), "application/json").await;
+    let (s, b) = api
+        .post_raw(
+            "/api/hear",
+            [0xff_u8, 0xfe, 0x00].to_vec(),
+            "application/json",
+        )
+        .await;
     assert!(s.is_client_error(), "{s} {b}");
     assert_schema("error.schema.json", &b);
     let (s, b) = api.post("/api/hear", json!({"text": "   "})).await;
     assert_error(s, &b, 422, "invalid_text");
-    let (s, b) = api.post("/api/hear", json!({"text": "hi", "volume": 11})).await;
+    let (s, b) = api
+        .post("/api/hear", json!({"text": "hi", "volume": 11}))
+        .await;
     assert_error(s, &b, 422, "invalid_body");
     let (s, b) = api.get("/api/actors/nobody").await;
     assert_error(s, &b, 404, "not_found");
-    assert!(b["detail"].as_str().unwrap().contains("voice"), "the known names are listed: {b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("voice"),
+        "the known names are listed: {b}"
+    );
     let (s, b) = api.get("/api/tasks/task-999999").await;
     assert_error(s, &b, 404, "not_found");
     let (s, b) = api.get("/api/tasks/../../etc/passwd").await;
     assert!(s == 404, "{s} {b}");
     let (s, b) = api.get("/nowhere").await;
     assert_error(s, &b, 404, "not_found");
-    let (s, b, _) = api.call(Request::delete("/api/tasks").body(Body::empty()).unwrap()).await;
+    let (s, b, _) = api
+        .call(Request::delete("/api/tasks").body(Body::empty()).unwrap())
+        .await;
     assert_error(s, &b, 405, "method_not_allowed");
 
     // Nothing above hurt anybody.
     let (s, _) = api.get("/healthz").await;
     assert_eq!(s, 200);
-    assert!(api.brain.actors().iter().all(|a| a.restarts == 0), "{:?}", api.brain.actors());
-    let (s, b) = api.post("/api/tasks", json!({"utterance": "pick up the red ball"})).await;
+    assert!(
+        api.brain.actors().iter().all(|a| a.restarts == 0),
+        "{:?}",
+        api.brain.actors()
+    );
+    let (s, b) = api
+        .post("/api/tasks", json!({"utterance": "pick up the red ball"}))
+        .await;
     assert_eq!(s, 201, "{b}");
     api.brain.stop().await;
 }
@@ -192,12 +268,16 @@ async fn hear_is_accepted_and_answered_202() {
 async fn the_pages_are_served() {
     let api = api().await;
     for path in ["/face", "/inspector"] {
-        let (s, body, ctype) = api.call(Request::get(path).body(Body::empty()).unwrap()).await;
+        let (s, body, ctype) = api
+            .call(Request::get(path).body(Body::empty()).unwrap())
+            .await;
         assert_eq!(s, 200, "{path}");
         assert!(ctype.starts_with("text/html"), "{path}: {ctype}");
         assert!(body.as_str().unwrap().contains("<html"), "{path}");
     }
-    let (s, _, _) = api.call(Request::get("/").body(Body::empty()).unwrap()).await;
+    let (s, _, _) = api
+        .call(Request::get("/").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(s, StatusCode::TEMPORARY_REDIRECT);
     api.brain.stop().await;
 }
@@ -205,7 +285,10 @@ async fn the_pages_are_served() {
 /// Parse one sample (`name{labels} value`) out of the exposition.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .unwrap_or_else(|| panic!("no {series} in metrics"))
         .trim()
         .parse()
@@ -221,25 +304,62 @@ async fn metrics_are_present_and_plausible() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let (s, _, ctype) = api.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let (s, _, ctype) = api
+        .call(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(s, 200);
     assert!(ctype.starts_with("text/plain"), "{ctype}");
-    let resp = api.router.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let resp = api
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     let ticks = sample(&text, "creature_voice_ticks_total");
     let report = api.brain.voice.report();
-    assert!(ticks >= 13.0 && ticks <= report.ticks as f64, "ticks {ticks} vs {}", report.ticks);
+    assert!(
+        ticks >= 13.0 && ticks <= report.ticks as f64,
+        "ticks {ticks} vs {}",
+        report.ticks
+    );
     // Seconds, not milliseconds or microseconds: a healthy loop is well under a tick late.
-    let p99 = sample(&text, "creature_voice_tick_jitter_seconds{quantile=\"0.99\"}");
+    let p99 = sample(
+        &text,
+        "creature_voice_tick_jitter_seconds{quantile=\"0.99\"}",
+    );
     assert!(p99 > 0.0 && p99 < 0.08, "jitter p99 {p99} s");
-    let interval = sample(&text, "creature_voice_tick_interval_seconds{quantile=\"0.5\"}");
-    assert!((interval - 0.08).abs() < 0.01, "tick interval p50 {interval} s");
+    let interval = sample(
+        &text,
+        "creature_voice_tick_interval_seconds{quantile=\"0.5\"}",
+    );
+    assert!(
+        (interval - 0.08).abs() < 0.01,
+        "tick interval p50 {interval} s"
+    );
     let count = sample(&text, "creature_voice_tick_jitter_seconds_count");
-    assert!(count >= ticks - 1.0, "every tick is in the histogram: {count} vs {ticks}");
+    assert!(
+        count >= ticks - 1.0,
+        "every tick is in the histogram: {count} vs {ticks}"
+    );
     assert_eq!(sample(&text, "creature_actor_up{actor=\"voice\"}"), 1.0);
-    assert_eq!(sample(&text, "creature_actor_restarts_total{actor=\"face\"}"), 0.0);
+    assert_eq!(
+        sample(&text, "creature_actor_restarts_total{actor=\"face\"}"),
+        0.0
+    );
     assert_eq!(sample(&text, "creature_tasks{state=\"pending\"}"), 0.0);
-    assert_eq!(sample(&text, "creature_affect_emotion{emotion=\"neutral\"}"), 1.0);
+    assert_eq!(
+        sample(&text, "creature_affect_emotion{emotion=\"neutral\"}"),
+        1.0
+    );
     // Every line is a comment or `series value`.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap();

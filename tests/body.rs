@@ -5,27 +5,36 @@ mod common;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use common::{assert_schema, eventually, start, TestBrain};
+use common::{TestBrain, assert_schema, eventually, start};
 use creature::body_sim::{self, BodySimArgs};
 use creature::config::DEV_BODY_TOKEN;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(brain: &TestBrain, token: Option<&str>) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+async fn connect(
+    brain: &TestBrain,
+    token: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let mut req = brain.ws_url("/ws/body").into_client_request().unwrap();
     if let Some(t) = token {
-        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
     tokio_tungstenite::connect_async(req).await.map(|(s, _)| s)
 }
 
 async fn recv(socket: &mut Socket) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), socket.next()).await.expect("a message").unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a message")
+            .unwrap()
+            .unwrap();
         if let Message::Text(t) = msg {
             let v: Value = serde_json::from_str(&t).unwrap();
             assert_schema("brain_to_body.schema.json", &v);
@@ -41,7 +50,10 @@ async fn status(socket: &mut Socket, id: &str, state: &str) {
 }
 
 async fn task_state(brain: &TestBrain, id: &str) -> String {
-    brain.get(&format!("/api/tasks/{id}")).await.1["state"].as_str().unwrap().to_string()
+    brain.get(&format!("/api/tasks/{id}")).await.1["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +61,9 @@ async fn the_door_needs_the_token_and_takes_one_body_at_a_time() {
     let brain = start().await;
     for token in [None, Some("guess")] {
         match connect(&brain, token).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401)
+            }
             other => panic!("{token:?} should be refused: {other:?}"),
         }
     }
@@ -65,9 +79,11 @@ async fn the_door_needs_the_token_and_takes_one_body_at_a_time() {
     assert_eq!(state["body"]["refused_auth"], 2);
     drop(body);
     // Once it leaves, another body may come.
-    eventually(Duration::from_secs(3), "the body seat to free up", || async {
-        connect(&brain, Some(DEV_BODY_TOKEN)).await.ok().map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the body seat to free up",
+        || async { connect(&brain, Some(DEV_BODY_TOKEN)).await.ok().map(|_| ()) },
+    )
     .await;
     brain.service.shutdown().await;
 }
@@ -75,7 +91,9 @@ async fn the_door_needs_the_token_and_takes_one_body_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_go_out_and_statuses_come_back_into_the_history() {
     let brain = start().await;
-    let (s, waiting) = brain.post("/api/tasks", json!({"utterance": "bring me the cup"})).await;
+    let (s, waiting) = brain
+        .post("/api/tasks", json!({"utterance": "bring me the cup"}))
+        .await;
     assert_eq!(s, 201);
     let mut body = connect(&brain, Some(DEV_BODY_TOKEN)).await.unwrap();
     recv(&mut body).await; // hello
@@ -97,8 +115,16 @@ async fn tool_calls_go_out_and_statuses_come_back_into_the_history() {
     })
     .await;
     assert_schema("task.schema.json", &task);
-    let history: Vec<&str> = task["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
-    assert_eq!(history, ["pending", "dispatched", "accepted", "running", "succeeded"]);
+    let history: Vec<&str> = task["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        ["pending", "dispatched", "accepted", "running", "succeeded"]
+    );
     assert_eq!(task["progress"]["detail"], "at the table");
     // Success shows on the face.
     eventually(Duration::from_secs(2), "a happy creature", || async {
@@ -108,16 +134,31 @@ async fn tool_calls_go_out_and_statuses_come_back_into_the_history() {
     .await;
 
     // Filed while the body is here: it goes out at once.
-    let (_, live) = brain.post("/api/tasks", json!({"action": "open", "object": "door"})).await;
+    let (_, live) = brain
+        .post("/api/tasks", json!({"action": "open", "object": "door"}))
+        .await;
     let call = recv(&mut body).await;
     assert_eq!(call["id"], live["id"]);
     // Cancelling tells the body.
-    let (s, cancelled) = brain.post(&format!("/api/tasks/{}/cancel", live["id"].as_str().unwrap()), json!({})).await;
+    let (s, cancelled) = brain
+        .post(
+            &format!("/api/tasks/{}/cancel", live["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 200, "{cancelled}");
     assert_eq!(cancelled["state"], "cancelled");
     let cancel = recv(&mut body).await;
-    assert_eq!((cancel["type"].as_str(), &cancel["id"]), (Some("cancel"), &live["id"]));
-    let (s, again) = brain.post(&format!("/api/tasks/{}/cancel", live["id"].as_str().unwrap()), json!({})).await;
+    assert_eq!(
+        (cancel["type"].as_str(), &cancel["id"]),
+        (Some("cancel"), &live["id"])
+    );
+    let (s, again) = brain
+        .post(
+            &format!("/api/tasks/{}/cancel", live["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 409, "{again}");
     brain.service.shutdown().await;
 }
@@ -125,7 +166,9 @@ async fn tool_calls_go_out_and_statuses_come_back_into_the_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_sends_garbage_gets_errors_and_breaks_nothing() {
     let brain = start_with_rate(20).await;
-    let (_, t) = brain.post("/api/tasks", json!({"utterance": "pick up the red ball"})).await;
+    let (_, t) = brain
+        .post("/api/tasks", json!({"utterance": "pick up the red ball"}))
+        .await;
     let id = t["id"].as_str().unwrap().to_string();
     let mut body = connect(&brain, Some(DEV_BODY_TOKEN)).await.unwrap();
     recv(&mut body).await; // hello
@@ -133,19 +176,42 @@ async fn a_body_that_sends_garbage_gets_errors_and_breaks_nothing() {
 
     let cases: Vec<(Message, &str)> = vec![
         (Message::text("{not json"), "malformed_message"),
-        (Message::text(json!({"type": "dance"}).to_string()), "malformed_message"),
-        (Message::text(json!({"type": "status", "id": id, "state": "teleported"}).to_string()), "malformed_message"),
+        (
+            Message::text(json!({"type": "dance"}).to_string()),
+            "malformed_message",
+        ),
+        (
+            Message::text(json!({"type": "status", "id": id, "state": "teleported"}).to_string()),
+            "malformed_message",
+        ),
         (Message::binary(vec![1, 2, 3]), "malformed_message"),
-        (Message::text(json!({"type": "status", "id": "task-999999", "state": "accepted"}).to_string()), "unknown_task"),
-        (Message::text(json!({"type": "status", "id": id, "state": "progress", "progress": 9}).to_string()), "invalid_status"),
+        (
+            Message::text(
+                json!({"type": "status", "id": "task-999999", "state": "accepted"}).to_string(),
+            ),
+            "unknown_task",
+        ),
+        (
+            Message::text(
+                json!({"type": "status", "id": id, "state": "progress", "progress": 9}).to_string(),
+            ),
+            "invalid_status",
+        ),
     ];
     for (msg, code) in cases {
         body.send(msg).await.unwrap();
         let err = recv(&mut body).await;
-        assert_eq!((err["type"].as_str(), err["error"].as_str()), (Some("error"), Some(code)), "{err}");
+        assert_eq!(
+            (err["type"].as_str(), err["error"].as_str()),
+            (Some("error"), Some(code)),
+            "{err}"
+        );
     }
     status(&mut body, &id, "succeeded").await;
-    eventually(Duration::from_secs(2), "success", || async { (task_state(&brain, &id).await == "succeeded").then_some(()) }).await;
+    eventually(Duration::from_secs(2), "success", || async {
+        (task_state(&brain, &id).await == "succeeded").then_some(())
+    })
+    .await;
     status(&mut body, &id, "running").await;
     let err = recv(&mut body).await;
     assert_eq!(err["error"], "out_of_order", "{err}");
@@ -153,17 +219,38 @@ async fn a_body_that_sends_garbage_gets_errors_and_breaks_nothing() {
 
     // A flood: refused past the rate, one error per burst, and the brain stays fine.
     for _ in 0..200 {
-        body.send(Message::text(json!({"type": "hello", "name": "flood"}).to_string())).await.unwrap();
+        body.send(Message::text(
+            json!({"type": "hello", "name": "flood"}).to_string(),
+        ))
+        .await
+        .unwrap();
     }
     let err = recv(&mut body).await;
     assert_eq!(err["error"], "rate_limited", "{err}");
     let (status_code, health) = brain.get("/healthz").await;
     assert_eq!(status_code, 200, "{health}");
     let (_, state) = brain.get("/api/state").await;
-    assert!(state["body"]["rate_limited"].as_u64().unwrap() > 100, "{state}");
-    assert!(state["body"]["bad_messages"].as_u64().unwrap() >= 7, "{state}");
-    assert_eq!(task_state(&brain, &id).await, "succeeded", "nothing the garbage said changed the ledger");
-    assert!(brain.service.brain().actors().iter().all(|a| a.restarts == 0));
+    assert!(
+        state["body"]["rate_limited"].as_u64().unwrap() > 100,
+        "{state}"
+    );
+    assert!(
+        state["body"]["bad_messages"].as_u64().unwrap() >= 7,
+        "{state}"
+    );
+    assert_eq!(
+        task_state(&brain, &id).await,
+        "succeeded",
+        "nothing the garbage said changed the ledger"
+    );
+    assert!(
+        brain
+            .service
+            .brain()
+            .actors()
+            .iter()
+            .all(|a| a.restarts == 0)
+    );
     brain.service.shutdown().await;
 }
 
@@ -183,24 +270,44 @@ async fn body_sim_carries_out_what_the_creature_promised() {
     };
     let sim = tokio::spawn(body_sim::run(args));
     // Spoken, heard, promised, planned, filed, delivered, done.
-    brain.post("/api/hear", json!({"text": "bring me the cup"})).await;
+    brain
+        .post("/api/hear", json!({"text": "bring me the cup"}))
+        .await;
     let task = eventually(Duration::from_secs(10), "the task to succeed", || async {
         let (_, list) = brain.get("/api/tasks").await;
-        list.as_array().and_then(|l| l.first().cloned()).filter(|t| t["state"] == "succeeded")
+        list.as_array()
+            .and_then(|l| l.first().cloned())
+            .filter(|t| t["state"] == "succeeded")
     })
     .await;
     assert_eq!(task["source"], "monologue");
     assert_eq!(task["arguments"]["object"], "cup");
     let history = task["history"].as_array().unwrap();
     assert_eq!(history.last().unwrap()["detail"], "brought the cup");
-    assert_eq!(task["progress"]["fraction"], 0.75, "the last progress report before it finished");
-    let states: Vec<&str> = task["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["pending", "dispatched", "accepted", "running", "succeeded"]);
+    assert_eq!(
+        task["progress"]["fraction"], 0.75,
+        "the last progress report before it finished"
+    );
+    let states: Vec<&str> = task["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["pending", "dispatched", "accepted", "running", "succeeded"]
+    );
 
     // The moon is out of reach.
-    let (_, moon) = brain.post("/api/tasks", json!({"action": "bring", "object": "moon"})).await;
+    let (_, moon) = brain
+        .post("/api/tasks", json!({"action": "bring", "object": "moon"}))
+        .await;
     let id = moon["id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(5), "a refusal", || async { (task_state(&brain, &id).await == "rejected").then_some(()) }).await;
+    eventually(Duration::from_secs(5), "a refusal", || async {
+        (task_state(&brain, &id).await == "rejected").then_some(())
+    })
+    .await;
     sim.abort();
     brain.service.shutdown().await;
 }

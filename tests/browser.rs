@@ -9,16 +9,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 fn chromium() -> PathBuf {
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+    for candidate in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
         if Path::new(candidate).exists() {
             return PathBuf::from(candidate);
         }
     }
-    panic!("Chromium is needed for the face test; ./.ci/test installs it (apt-get install chromium)");
+    panic!(
+        "Chromium is needed for the face test; ./.ci/test installs it (apt-get install chromium)"
+    );
 }
 
 /// Chromium, killed when dropped.
@@ -66,20 +72,32 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
-                if let Some(port) = text.lines().next().and_then(|l| l.trim().parse::<u16>().ok()) {
+                if let Some(port) = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<u16>().ok())
+                {
                     break port;
                 }
             }
-            assert!(Instant::now() < deadline, "chromium never opened its DevTools port");
+            assert!(
+                Instant::now() < deadline,
+                "chromium never opened its DevTools port"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         loop {
-            let list: Value = match reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await {
+            let list: Value = match reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await
+            {
                 Ok(resp) => resp.json().await.unwrap_or(Value::Null),
                 Err(_) => Value::Null,
             };
-            let page = list.as_array().and_then(|l| l.iter().find(|t| t["type"] == "page").cloned());
-            if let Some(ws) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str().map(String::from)) {
+            let page = list
+                .as_array()
+                .and_then(|l| l.iter().find(|t| t["type"] == "page").cloned());
+            if let Some(ws) =
+                page.and_then(|p| p["webSocketDebuggerUrl"].as_str().map(String::from))
+            {
                 return ws;
             }
             assert!(Instant::now() < deadline, "no page target in chromium");
@@ -89,7 +107,9 @@ impl Browser {
 }
 
 struct DevTools {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     next_id: u64,
 }
 
@@ -97,9 +117,18 @@ impl DevTools {
     async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
-        self.socket.send(Message::text(json!({"id": id, "method": method, "params": params}).to_string())).await.unwrap();
+        self.socket
+            .send(Message::text(
+                json!({"id": id, "method": method, "params": params}).to_string(),
+            ))
+            .await
+            .unwrap();
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await.unwrap().unwrap().unwrap();
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             if let Message::Text(text) = msg {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 if v["id"] == id {
@@ -110,7 +139,12 @@ impl DevTools {
     }
 
     async fn eval(&mut self, expression: &str) -> Value {
-        let r = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
         r["result"]["value"].clone()
     }
 }
@@ -119,7 +153,9 @@ impl DevTools {
 async fn the_face_page_follows_the_brain_in_a_real_browser() {
     let brain = common::start().await;
     let browser = Browser::open(&format!("{}/face", brain.url));
-    let (socket, _) = tokio_tungstenite::connect_async(browser.page_socket().await).await.unwrap();
+    let (socket, _) = tokio_tungstenite::connect_async(browser.page_socket().await)
+        .await
+        .unwrap();
     let mut tools = DevTools { socket, next_id: 0 };
 
     // The page connects and counts frames at the tick rate.
@@ -130,7 +166,10 @@ async fn the_face_page_follows_the_brain_in_a_real_browser() {
         if state["c"] == "true" && state["f"].as_u64().unwrap_or(0) > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the face never connected: {state}");
+        assert!(
+            Instant::now() < deadline,
+            "the face never connected: {state}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let frames = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
@@ -138,18 +177,28 @@ async fn the_face_page_follows_the_brain_in_a_real_browser() {
     let t0 = Instant::now();
 
     // Make it talk and watch the mouth on the page.
-    let (status, _) = brain.post("/api/hear", json!({"text": "how are you today"})).await;
+    let (status, _) = brain
+        .post("/api/hear", json!({"text": "how are you today"}))
+        .await;
     assert_eq!(status, 202);
     let mut max_mouth: f64 = 0.0;
     let mut saw_speaking = false;
     while t0.elapsed() < Duration::from_secs(4) {
         let s = tools.eval("JSON.stringify(document.body.dataset)").await;
         let d: Value = serde_json::from_str(s.as_str().unwrap()).unwrap();
-        max_mouth = max_mouth.max(d["mouth"].as_str().and_then(|m| m.parse().ok()).unwrap_or(0.0));
+        max_mouth = max_mouth.max(
+            d["mouth"]
+                .as_str()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0.0),
+        );
         saw_speaking |= d["speaking"] == "true";
         assert_eq!(d["bad"], "0", "the page rejected a brain message: {d}");
         assert!(
-            ["neutral", "happy", "sad", "anger", "fear", "surprise", "disgust"].contains(&d["emotion"].as_str().unwrap()),
+            [
+                "neutral", "happy", "sad", "anger", "fear", "surprise", "disgust"
+            ]
+            .contains(&d["emotion"].as_str().unwrap()),
             "{d}"
         );
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -163,7 +212,9 @@ async fn the_face_page_follows_the_brain_in_a_real_browser() {
     assert!(renders > 10, "the face kept animating: {renders} renders");
 
     // A screenshot, for people reviewing the test run.
-    let shot = tools.call("Page.captureScreenshot", json!({"format": "png"})).await;
+    let shot = tools
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
     if let Some(data) = shot["data"].as_str() {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("face.png");
         let _ = std::fs::write(&out, base64_decode(data));

@@ -8,13 +8,17 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_creature");
 
 /// `creature serve` on a free port; returns the process and its base URL.
 fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
-    let addr = if extra.contains(&"--addr") { vec![] } else { vec!["--addr", "127.0.0.1:0"] };
+    let addr = if extra.contains(&"--addr") {
+        vec![]
+    } else {
+        vec!["--addr", "127.0.0.1:0"]
+    };
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(addr)
@@ -31,17 +35,27 @@ fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("creature: listening on ") {
-                let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let _ = tx.send(url);
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("serve prints where it listens");
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve prints where it listens");
     (child, url)
 }
 
 fn cli(args: &[&str], url: &str) -> Output {
-    Command::new(BIN).args(args).env("CREATURE_URL", url).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env("CREATURE_URL", url)
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -62,8 +76,18 @@ async fn the_ledger_survives_a_hard_kill_with_nothing_lost() {
     let (mut first, url) = serve(data.path(), &[]);
     let http = reqwest::Client::new();
     let mut created = Vec::new();
-    for utterance in ["bring me the cup", "pick up the red ball", "put the book on the shelf", "open the door"] {
-        let resp = http.post(format!("{url}/api/tasks")).json(&json!({"utterance": utterance})).send().await.unwrap();
+    for utterance in [
+        "bring me the cup",
+        "pick up the red ball",
+        "put the book on the shelf",
+        "open the door",
+    ] {
+        let resp = http
+            .post(format!("{url}/api/tasks"))
+            .json(&json!({"utterance": utterance}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 201);
         created.push(resp.json::<Value>().await.unwrap());
     }
@@ -73,11 +97,20 @@ async fn the_ledger_survives_a_hard_kill_with_nothing_lost() {
 
     let (mut second, url) = serve(data.path(), &[]);
     let after = get(&format!("{url}/api/tasks")).await;
-    assert_eq!(after.as_array().unwrap(), &created, "every task, unchanged, after the restart");
+    assert_eq!(
+        after.as_array().unwrap(),
+        &created,
+        "every task, unchanged, after the restart"
+    );
     let state = get(&format!("{url}/api/state")).await;
     assert_eq!(state["tasks"]["total"], 4);
     // New ids never collide with the old ones.
-    let resp = http.post(format!("{url}/api/tasks")).json(&json!({"utterance": "close the window"})).send().await.unwrap();
+    let resp = http
+        .post(format!("{url}/api/tasks"))
+        .json(&json!({"utterance": "close the window"}))
+        .send()
+        .await
+        .unwrap();
     let new: Value = resp.json().await.unwrap();
     assert!(created.iter().all(|t| t["id"] != new["id"]), "{new}");
     second.kill().unwrap();
@@ -93,19 +126,40 @@ async fn the_client_commands_print_readable_tables() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("ACTOR"), "{text}");
-    for name in ["brain", "voice", "monologue", "reasoner", "tasks", "affect", "face"] {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    for name in [
+        "brain",
+        "voice",
+        "monologue",
+        "reasoner",
+        "tasks",
+        "affect",
+        "face",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
         assert!(line.contains("running"), "{line}");
     }
 
     let out = cli(&["task", "bring me the cup"], &url);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("task-") && text.contains("bring") && text.contains("cup") && text.contains("pending"), "{text}");
+    assert!(
+        text.contains("task-")
+            && text.contains("bring")
+            && text.contains("cup")
+            && text.contains("pending"),
+        "{text}"
+    );
 
     let out = cli(&["task", "what a lovely day"], &url);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no_physical_task"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no_physical_task"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = cli(&["hear", "hello"], &url);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -114,7 +168,10 @@ async fn the_client_commands_print_readable_tables() {
     let out = cli(&["state"], &url);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("voice backend") && text.contains("sim") && text.contains("tick jitter"), "{text}");
+    assert!(
+        text.contains("voice backend") && text.contains("sim") && text.contains("tick jitter"),
+        "{text}"
+    );
 
     let out = cli(&["tasks"], &url);
     assert!(stdout(&out).lines().count() == 2, "{}", stdout(&out));
@@ -123,7 +180,11 @@ async fn the_client_commands_print_readable_tables() {
     let _ = server.wait();
     let out = cli(&["actors"], &url);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot reach the brain"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the brain"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -131,14 +192,28 @@ fn a_bad_config_file_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("creature.toml");
     std::fs::write(&path, "[voice]\nbakend = \"sim\"\n").unwrap();
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("bakend") && err.contains("creature.toml"), "{err}");
+    assert!(
+        err.contains("bakend") && err.contains("creature.toml"),
+        "{err}"
+    );
 
-    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/creature.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/creature.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot read config file /nonexistent/creature.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read config file /nonexistent/creature.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -147,9 +222,17 @@ fn a_port_in_use_is_a_clear_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let data = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let out = Command::new(BIN).args(["serve", "--addr", &addr, "--data-dir"]).arg(data.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", &addr, "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&format!("cannot listen on {addr}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        stderr(&out)
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
@@ -160,14 +243,22 @@ async fn asking_for_the_local_microphone_either_works_or_says_why_not() {
         Ok(brain) => brain.service.shutdown().await, // this machine has sound devices
         Err(e) => {
             let msg = format!("{e:#}");
-            assert!(msg.contains("local microphone") && (msg.contains("device") || msg.contains("feature")), "{msg}");
+            assert!(
+                msg.contains("local microphone")
+                    && (msg.contains("device") || msg.contains("feature")),
+                "{msg}"
+            );
         }
     }
 }
 
 /// A free port to reuse across a restart (the brain must come back where the body looks).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +269,15 @@ async fn a_task_in_flight_survives_kill_9_of_the_brain_and_is_done_exactly_once(
     let (mut brain, url) = serve(data.path(), &["--addr", &addr]);
     let body_log = tempfile::NamedTempFile::new().unwrap();
     let mut body = Command::new(BIN)
-        .args(["body-sim", "--url", &format!("ws://{addr}/ws/body"), "--failure-rate", "0", "--speed", "1.5"])
+        .args([
+            "body-sim",
+            "--url",
+            &format!("ws://{addr}/ws/body"),
+            "--failure-rate",
+            "0",
+            "--speed",
+            "1.5",
+        ])
         .stdout(body_log.reopen().unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -195,29 +294,60 @@ async fn a_task_in_flight_survives_kill_9_of_the_brain_and_is_done_exactly_once(
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
     let task_url = |base: &str| format!("{base}/api/tasks/{id}");
-    common::eventually(Duration::from_secs(10), "the body to start the task", || async {
-        let t = get(&task_url(&url)).await;
-        (t["state"] == "running").then_some(())
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the body to start the task",
+        || async {
+            let t = get(&task_url(&url)).await;
+            (t["state"] == "running").then_some(())
+        },
+    )
     .await;
 
     // The brain dies hard while the body is busy, and comes back.
     brain.kill().unwrap();
     brain.wait().unwrap();
     let (mut brain, url) = serve(data.path(), &["--addr", &addr]);
-    let done = common::eventually(Duration::from_secs(20), "the task to finish after the restart", || async {
-        let t = get(&task_url(&url)).await;
-        (t["state"] == "succeeded").then_some(t)
-    })
+    let done = common::eventually(
+        Duration::from_secs(20),
+        "the task to finish after the restart",
+        || async {
+            let t = get(&task_url(&url)).await;
+            (t["state"] == "succeeded").then_some(t)
+        },
+    )
     .await;
     let all = get(&format!("{url}/api/tasks")).await;
-    assert_eq!(all.as_array().unwrap().len(), 1, "exactly one task record: {all}");
-    let states: Vec<&str> = done["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
-    assert_eq!(states.iter().filter(|s| **s == "running").count(), 1, "{states:?}");
-    assert!(states.contains(&"accepted"), "reports from before the crash were kept: {states:?}");
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        1,
+        "exactly one task record: {all}"
+    );
+    let states: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "running").count(),
+        1,
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&"accepted"),
+        "reports from before the crash were kept: {states:?}"
+    );
     let log = std::fs::read_to_string(body_log.path()).unwrap();
-    assert_eq!(log.matches(&format!("{id}: bring the cup")).count(), 1, "the body started it once:\n{log}");
-    assert!(log.matches("connected to").count() >= 2, "the body reconnected:\n{log}");
+    assert_eq!(
+        log.matches(&format!("{id}: bring the cup")).count(),
+        1,
+        "the body started it once:\n{log}"
+    );
+    assert!(
+        log.matches("connected to").count() >= 2,
+        "the body reconnected:\n{log}"
+    );
     body.kill().unwrap();
     body.wait().unwrap();
     brain.kill().unwrap();

@@ -128,7 +128,10 @@ pub struct AffectConfig {
 
 impl Default for AffectConfig {
     fn default() -> Self {
-        AffectConfig { idle_after: Duration::from_secs(20), glide: 0.18 }
+        AffectConfig {
+            idle_after: Duration::from_secs(20),
+            glide: 0.18,
+        }
     }
 }
 
@@ -234,7 +237,12 @@ impl Affect {
         if state.recent.len() == RECENT {
             state.recent.pop_front();
         }
-        state.recent.push_back(EventRecord { event, tick: state.tick, emotion: r.emotion, applied });
+        state.recent.push_back(EventRecord {
+            event,
+            tick: state.tick,
+            emotion: r.emotion,
+            applied,
+        });
     }
 
     fn on_frame(&self, state: &mut AffectState, stats: &FrameStats) {
@@ -257,7 +265,9 @@ impl Affect {
                 // Waking up ends the sleepy hold at once.
                 state.hold_until = state.tick;
             }
-        } else if !state.idle && stats.tick.saturating_sub(state.last_activity) >= ticks(self.config.idle_after) {
+        } else if !state.idle
+            && stats.tick.saturating_sub(state.last_activity) >= ticks(self.config.idle_after)
+        {
             state.idle = true;
             self.apply(state, AffectEvent::LongIdle);
         }
@@ -299,11 +309,19 @@ impl Actor for Affect {
     type State = AffectState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<AffectMsg>, _: ()) -> Result<AffectState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AffectMsg>,
+        _: (),
+    ) -> Result<AffectState, ActorProcessingErr> {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
         Ok(AffectState {
-            mood: Mood { emotion: Emotion::Neutral, valence: 0.0, arousal: 0.0 },
+            mood: Mood {
+                emotion: Emotion::Neutral,
+                valence: 0.0,
+                arousal: 0.0,
+            },
             target: Response {
                 emotion: Emotion::Neutral,
                 valence: 0.0,

@@ -34,9 +34,12 @@ impl AudioInbox {
 
     /// Append samples; if that overflows the inbox, the oldest samples go.
     pub fn push(&self, samples: &[f32]) {
-        self.received.fetch_add(samples.len() as u64, Ordering::Relaxed);
+        self.received
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
         // The lock is held for a memcpy; nothing slow ever holds it.
-        let Ok(mut queue) = self.samples.lock() else { return };
+        let Ok(mut queue) = self.samples.lock() else {
+            return;
+        };
         queue.extend(samples.iter().copied());
         let over = queue.len().saturating_sub(self.capacity);
         if over > 0 {
@@ -85,7 +88,11 @@ pub fn rms(samples: &[f32]) -> f32 {
 
 /// RMS in dBFS (full scale sine is about -3 dBFS); silence floors at -120.
 pub fn dbfs(rms: f32) -> f32 {
-    if rms <= 1e-6 { -120.0 } else { 20.0 * rms.log10() }
+    if rms <= 1e-6 {
+        -120.0
+    } else {
+        20.0 * rms.log10()
+    }
 }
 
 /// Energy voice-activity detection with a hangover, so the short gaps between syllables do
@@ -128,7 +135,11 @@ impl EnergyVad {
                 self.active = false;
             }
         }
-        self.run_frames = if self.active { self.run_frames.saturating_add(1) } else { 0 };
+        self.run_frames = if self.active {
+            self.run_frames.saturating_add(1)
+        } else {
+            0
+        };
         self.active
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use crate::affect::{Affect, AffectConfig, AffectHandle, AffectMsg};
 use crate::audio::{AgentFrame, AudioInbox};
 use crate::clock::TickClock;
-use crate::face::{face_outlet, Face, FaceConfig, FaceHandle, FaceMsg};
+use crate::face::{Face, FaceConfig, FaceHandle, FaceMsg, face_outlet};
 use crate::monologue::{Monologue, MonologueConfig, MonologueHandle, MonologueMsg};
 use crate::ports::{Planner, TaskStore, VoiceModel};
 use crate::reasoner::{Reasoner, ReasonerConfig, ReasonerHandle, ReasonerMsg};
@@ -76,7 +76,13 @@ pub enum BrainError {
         "actor `{child}` failed {failures} times within {window:?} (restart limit {limit}); \
          the brain stopped. Last error: {last_error}"
     )]
-    RestartIntensity { child: &'static str, failures: u32, limit: u32, window: Duration, last_error: String },
+    RestartIntensity {
+        child: &'static str,
+        failures: u32,
+        limit: u32,
+        window: Duration,
+        last_error: String,
+    },
     #[error("could not start the voice threads: {0}")]
     Worker(String),
 }
@@ -94,11 +100,23 @@ pub enum Child {
 }
 
 impl Child {
-    pub const ALL: [Child; 6] =
-        [Child::Voice, Child::Monologue, Child::Reasoner, Child::Tasks, Child::Affect, Child::Face];
+    pub const ALL: [Child; 6] = [
+        Child::Voice,
+        Child::Monologue,
+        Child::Reasoner,
+        Child::Tasks,
+        Child::Affect,
+        Child::Face,
+    ];
     /// Consumers before producers, so nobody's first message goes to an empty slot.
-    const START_ORDER: [Child; 6] =
-        [Child::Tasks, Child::Face, Child::Affect, Child::Reasoner, Child::Monologue, Child::Voice];
+    const START_ORDER: [Child; 6] = [
+        Child::Tasks,
+        Child::Face,
+        Child::Affect,
+        Child::Reasoner,
+        Child::Monologue,
+        Child::Voice,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -151,23 +169,32 @@ impl LoopRuntime {
     fn start() -> std::io::Result<LoopRuntime> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("voice-loop".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = handle_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = handle_tx.send(Ok(rt.handle().clone()));
-            rt.block_on(async {
-                let _ = stopped.await;
-            });
-        })?;
+        let thread = std::thread::Builder::new()
+            .name("voice-loop".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
         let handle = handle_rx
             .recv()
             .map_err(|_| std::io::Error::other("the voice loop thread died at start"))??;
-        Ok(LoopRuntime { handle, stop: Some(stop), thread: Some(thread) })
+        Ok(LoopRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -218,34 +245,50 @@ enum BrainMsg {
 }
 
 impl Brain {
-    async fn spawn_child(&self, child: Child, myself: &ActorRef<BrainMsg>) -> Result<ActorId, String> {
+    async fn spawn_child(
+        &self,
+        child: Child,
+        myself: &ActorRef<BrainMsg>,
+    ) -> Result<ActorId, String> {
         let sup = myself.get_cell();
         let err = |e: ractor::SpawnErr| e.to_string();
         let id = match child {
             Child::Voice => {
                 let voice = self.voice.clone();
-                let spawned = self.voice_runtime.spawn(async move { Actor::spawn_linked(None, voice, (), sup).await });
+                let spawned = self
+                    .voice_runtime
+                    .spawn(async move { Actor::spawn_linked(None, voice, (), sup).await });
                 let (r, _) = spawned.await.map_err(|e| e.to_string())?.map_err(err)?;
                 r.get_id()
             }
             Child::Monologue => {
-                let (r, _) = Actor::spawn_linked(None, self.monologue.clone(), (), sup).await.map_err(err)?;
+                let (r, _) = Actor::spawn_linked(None, self.monologue.clone(), (), sup)
+                    .await
+                    .map_err(err)?;
                 r.get_id()
             }
             Child::Reasoner => {
-                let (r, _) = Actor::spawn_linked(None, self.reasoner.clone(), (), sup).await.map_err(err)?;
+                let (r, _) = Actor::spawn_linked(None, self.reasoner.clone(), (), sup)
+                    .await
+                    .map_err(err)?;
                 r.get_id()
             }
             Child::Tasks => {
-                let (r, _) = Actor::spawn_linked(None, self.tasks.clone(), (), sup).await.map_err(err)?;
+                let (r, _) = Actor::spawn_linked(None, self.tasks.clone(), (), sup)
+                    .await
+                    .map_err(err)?;
                 r.get_id()
             }
             Child::Affect => {
-                let (r, _) = Actor::spawn_linked(None, self.affect.clone(), (), sup).await.map_err(err)?;
+                let (r, _) = Actor::spawn_linked(None, self.affect.clone(), (), sup)
+                    .await
+                    .map_err(err)?;
                 r.get_id()
             }
             Child::Face => {
-                let (r, _) = Actor::spawn_linked(None, self.face.clone(), (), sup).await.map_err(err)?;
+                let (r, _) = Actor::spawn_linked(None, self.face.clone(), (), sup)
+                    .await
+                    .map_err(err)?;
                 r.get_id()
             }
         };
@@ -261,13 +304,19 @@ impl Brain {
         id: ActorId,
         error: String,
     ) {
-        let Some(child) = state.by_id.remove(&id) else { return };
+        let Some(child) = state.by_id.remove(&id) else {
+            return;
+        };
         let stats = self.slots.stats(child);
         tracing::error!(actor = child.name(), cause = %error, "actor failed");
         if state.history.len() == 32 {
             state.history.pop_front();
         }
-        state.history.push_back(RestartRecord { child, error: error.clone(), at_ms: crate::ports::now_ms() });
+        state.history.push_back(RestartRecord {
+            child,
+            error: error.clone(),
+            at_ms: crate::ports::now_ms(),
+        });
         let now = Instant::now();
         let window = self.config.restart_window;
         state.restarts.retain(|t| now.duration_since(*t) < window);
@@ -293,7 +342,11 @@ impl Brain {
             stats.record_failure(last_error.clone(), true);
             match self.spawn_child(child, myself).await {
                 Ok(new_id) => {
-                    tracing::info!(actor = child.name(), restarts = stats.restarts(), "actor restarted");
+                    tracing::info!(
+                        actor = child.name(),
+                        restarts = stats.restarts(),
+                        "actor restarted"
+                    );
                     state.by_id.insert(new_id, child);
                     return;
                 }
@@ -308,7 +361,11 @@ impl Actor for Brain {
     type State = BrainState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<BrainMsg>, _: ()) -> Result<BrainState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BrainMsg>,
+        _: (),
+    ) -> Result<BrainState, ActorProcessingErr> {
         let mut by_id = HashMap::new();
         for child in Child::START_ORDER {
             match self.spawn_child(child, &myself).await {
@@ -317,7 +374,10 @@ impl Actor for Brain {
                 }
                 Err(reason) => {
                     myself.stop_children(None);
-                    let err = BrainError::Start { child: child.name(), reason };
+                    let err = BrainError::Start {
+                        child: child.name(),
+                        reason,
+                    };
                     if let Ok(mut f) = self.fatal.lock() {
                         *f = Some(err.clone());
                     }
@@ -326,11 +386,21 @@ impl Actor for Brain {
             }
         }
         self.stats.set_status(ActorStatus::Running);
-        Ok(BrainState { by_id, restarts: VecDeque::new(), history: VecDeque::new() })
+        Ok(BrainState {
+            by_id,
+            restarts: VecDeque::new(),
+            history: VecDeque::new(),
+        })
     }
 
-    async fn post_stop(&self, myself: ActorRef<BrainMsg>, _state: &mut BrainState) -> Result<(), ActorProcessingErr> {
-        myself.stop_children_and_wait(None, Some(Duration::from_secs(5))).await;
+    async fn post_stop(
+        &self,
+        myself: ActorRef<BrainMsg>,
+        _state: &mut BrainState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         let failed = self.fatal.lock().map(|f| f.is_some()).unwrap_or(false);
         for child in Child::ALL {
             let stats = self.slots.stats(child);
@@ -338,7 +408,11 @@ impl Actor for Brain {
                 stats.set_status(ActorStatus::Stopped);
             }
         }
-        self.stats.set_status(if failed { ActorStatus::Failed } else { ActorStatus::Stopped });
+        self.stats.set_status(if failed {
+            ActorStatus::Failed
+        } else {
+            ActorStatus::Stopped
+        });
         tracing::info!("brain stopped");
         Ok(())
     }
@@ -373,12 +447,18 @@ impl Actor for Brain {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
-                self.on_child_exit(&myself, state, cell.get_id(), err.to_string()).await;
+                self.on_child_exit(&myself, state, cell.get_id(), err.to_string())
+                    .await;
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let why = reason.unwrap_or_else(|| "no reason given".into());
-                self.on_child_exit(&myself, state, cell.get_id(), format!("stopped unexpectedly: {why}"))
-                    .await;
+                self.on_child_exit(
+                    &myself,
+                    state,
+                    cell.get_id(),
+                    format!("stopped unexpectedly: {why}"),
+                )
+                .await;
             }
             _ => {}
         }
@@ -389,7 +469,9 @@ impl Actor for Brain {
 /// Why an actor snapshot could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("no actor named {0:?}; the actors are brain, voice, monologue, reasoner, tasks, affect, face")]
+    #[error(
+        "no actor named {0:?}; the actors are brain, voice, monologue, reasoner, tasks, affect, face"
+    )]
     Unknown(String),
     #[error(transparent)]
     Call(#[from] CallError),
@@ -417,7 +499,9 @@ pub struct BrainHandle {
 
 impl std::fmt::Debug for BrainHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrainHandle").field("backend", &self.voice.backend()).finish()
+        f.debug_struct("BrainHandle")
+            .field("backend", &self.voice.backend())
+            .finish()
     }
 }
 
@@ -436,7 +520,12 @@ impl BrainHandle {
         let metrics = Arc::new(VoiceMetrics::default());
         let backend = ports.model.backend();
         let accepts_text = ports.model.accepts_text();
-        let voice = VoiceHandle::new(slots.voice.clone(), backend, accepts_text, Arc::clone(&metrics));
+        let voice = VoiceHandle::new(
+            slots.voice.clone(),
+            backend,
+            accepts_text,
+            Arc::clone(&metrics),
+        );
         let deliver = voice.clone();
         let worker = ModelWorker::spawn(ports.model, move |done| deliver.step_done(done))
             .map_err(|e| BrainError::Worker(e.to_string()))?;
@@ -506,7 +595,10 @@ impl BrainHandle {
             Ok(started) => started,
             Err(e) => {
                 let known = fatal.lock().ok().and_then(|f| f.clone());
-                return Err(known.unwrap_or(BrainError::Start { child: "brain", reason: e.to_string() }));
+                return Err(known.unwrap_or(BrainError::Start {
+                    child: "brain",
+                    reason: e.to_string(),
+                }));
             }
         };
         Ok(BrainHandle {
@@ -570,7 +662,9 @@ impl BrainHandle {
         let summary = if name == "brain" {
             self.stats.summary()
         } else {
-            Child::from_name(name).map(|c| self.child_stats(c).summary()).unwrap_or_else(|| self.stats.summary())
+            Child::from_name(name)
+                .map(|c| self.child_stats(c).summary())
+                .unwrap_or_else(|| self.stats.summary())
         };
         let mut value = serde_json::to_value(summary).unwrap_or_default();
         if let Some(map) = value.as_object_mut() {
@@ -615,7 +709,11 @@ impl BrainHandle {
 
     /// Stop every actor and wait for them.
     pub async fn stop(&self) {
-        if let Err(e) = self.root.stop_and_wait(None, Some(Duration::from_secs(10))).await {
+        if let Err(e) = self
+            .root
+            .stop_and_wait(None, Some(Duration::from_secs(10)))
+            .await
+        {
             tracing::warn!(cause = %e, "brain did not stop cleanly");
         }
     }

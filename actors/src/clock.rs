@@ -28,7 +28,10 @@ impl TickClock {
 
     /// When tick `n` is due.
     pub fn deadline(&self, n: u64) -> Instant {
-        self.origin + self.period.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        self.origin
+            + self
+                .period
+                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// The last tick whose deadline is at or before `now`.
@@ -40,7 +43,11 @@ impl TickClock {
     /// The first tick whose deadline is at or after `now`.
     pub fn next_at(&self, now: Instant) -> u64 {
         let due = self.due_at(now);
-        if self.deadline(due) >= now { due } else { due + 1 }
+        if self.deadline(due) >= now {
+            due
+        } else {
+            due + 1
+        }
     }
 
     /// Milliseconds since the origin.

@@ -11,12 +11,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::CALL_TIMEOUT;
 use crate::affect::{Emotion, Mood};
 use crate::audio::dbfs;
 use crate::clock::TickClock;
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::voice::FrameStats;
-use crate::CALL_TIMEOUT;
 
 /// Mouth shapes, a reduced Preston Blair set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,7 +104,11 @@ pub struct FaceUpdate {
 impl FaceUpdate {
     fn new(frame: FaceFrame, source_at: Option<Instant>) -> Self {
         let json = serde_json::to_string(&frame).unwrap_or_else(|_| "{}".into());
-        FaceUpdate { frame, json: json.into(), source_at }
+        FaceUpdate {
+            frame,
+            json: json.into(),
+            source_at,
+        }
     }
 }
 
@@ -144,7 +148,12 @@ pub struct FaceConfig {
 
 impl Default for FaceConfig {
     fn default() -> Self {
-        FaceConfig { mouth_floor_dbfs: -48.0, mouth_ceil_dbfs: -14.0, mouth_attack: 0.7, mouth_release: 0.45 }
+        FaceConfig {
+            mouth_floor_dbfs: -48.0,
+            mouth_ceil_dbfs: -14.0,
+            mouth_attack: 0.7,
+            mouth_release: 0.45,
+        }
     }
 }
 
@@ -228,7 +237,11 @@ impl Face {
 
     fn on_frame(&self, state: &mut FaceState, stats: FrameStats) {
         let target = self.mouth_target(stats.agent_rms);
-        let k = if target > state.mouth { self.config.mouth_attack } else { self.config.mouth_release };
+        let k = if target > state.mouth {
+            self.config.mouth_attack
+        } else {
+            self.config.mouth_release
+        };
         state.mouth += (target - state.mouth) * k.clamp(0.0, 1.0);
         if state.mouth < 0.005 {
             state.mouth = 0.0;
@@ -239,7 +252,11 @@ impl Face {
         let viseme = if state.mouth < 0.05 {
             Viseme::Rest
         } else {
-            state.visemes.pop_front().unwrap_or(if state.mouth > 0.5 { Viseme::A } else { Viseme::Etc })
+            state.visemes.pop_front().unwrap_or(if state.mouth > 0.5 {
+                Viseme::A
+            } else {
+                Viseme::Etc
+            })
         };
         state.seq += 1;
         let frame = FaceFrame {
@@ -255,7 +272,8 @@ impl Face {
         };
         state.last = frame.clone();
         state.published += 1;
-        self.outlet.send_replace(Arc::new(FaceUpdate::new(frame, Some(stats.emitted_at))));
+        self.outlet
+            .send_replace(Arc::new(FaceUpdate::new(frame, Some(stats.emitted_at))));
     }
 }
 
@@ -264,7 +282,11 @@ impl Actor for Face {
     type State = FaceState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<FaceMsg>, _: ()) -> Result<FaceState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<FaceMsg>,
+        _: (),
+    ) -> Result<FaceState, ActorProcessingErr> {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
         // Continue the sequence of a previous incarnation, so phones see no jump backwards.
@@ -272,7 +294,11 @@ impl Actor for Face {
         Ok(FaceState {
             seq: last.seq,
             mouth: 0.0,
-            mood: Mood { emotion: last.emotion, valence: last.valence, arousal: last.arousal },
+            mood: Mood {
+                emotion: last.emotion,
+                valence: last.valence,
+                arousal: last.arousal,
+            },
             visemes: VecDeque::new(),
             last,
             published: 0,
@@ -309,8 +335,14 @@ mod tests {
 
     #[test]
     fn visemes_follow_letters_and_merge_repeats() {
-        assert_eq!(Viseme::sequence(" hello"), [Viseme::Etc, Viseme::E, Viseme::L, Viseme::O]);
-        assert_eq!(Viseme::sequence("mom!"), [Viseme::Mbp, Viseme::O, Viseme::Mbp]);
+        assert_eq!(
+            Viseme::sequence(" hello"),
+            [Viseme::Etc, Viseme::E, Viseme::L, Viseme::O]
+        );
+        assert_eq!(
+            Viseme::sequence("mom!"),
+            [Viseme::Mbp, Viseme::O, Viseme::Mbp]
+        );
         assert!(Viseme::sequence(" ,.").is_empty());
     }
 }

@@ -45,7 +45,9 @@ impl Default for LatencyHistogram {
 
 impl std::fmt::Debug for LatencyHistogram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LatencyHistogram").field("summary", &self.percentiles()).finish()
+        f.debug_struct("LatencyHistogram")
+            .field("summary", &self.percentiles())
+            .finish()
     }
 }
 
@@ -122,7 +124,11 @@ impl LatencyHistogram {
     /// A copy of the counts, to report on later or to subtract from a later copy.
     pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
-            buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
             sum_us: self.sum_us.load(Ordering::Relaxed),
             max_us: self.max_us.load(Ordering::Relaxed),
         }
@@ -141,8 +147,12 @@ impl HistogramSnapshot {
     /// What was recorded between `earlier` and this snapshot. The maximum of the window is
     /// the top of its highest non-empty bucket (never above the overall maximum).
     pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
-        let buckets: Vec<u64> =
-            self.buckets.iter().zip(&earlier.buckets).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .zip(&earlier.buckets)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
         let max_us = buckets
             .iter()
             .rposition(|&n| n > 0)
@@ -151,7 +161,11 @@ impl HistogramSnapshot {
                 (low + width - 1).min(self.max_us)
             })
             .unwrap_or(0);
-        HistogramSnapshot { buckets, sum_us: self.sum_us.saturating_sub(earlier.sum_us), max_us }
+        HistogramSnapshot {
+            buckets,
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            max_us,
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -187,7 +201,11 @@ impl HistogramSnapshot {
             p99_ms: ms(self.quantile_us(0.99)),
             p999_ms: ms(self.quantile_us(0.999)),
             max_ms: ms(self.max_us),
-            mean_ms: if count == 0 { 0.0 } else { ms(self.sum_us) / count as f64 },
+            mean_ms: if count == 0 {
+                0.0
+            } else {
+                ms(self.sum_us) / count as f64
+            },
         }
     }
 }
@@ -233,7 +251,10 @@ mod tests {
         let p = h.percentiles();
         assert!(p.p50_ms < 0.32 && p.p50_ms > 0.28, "{p:?}");
         assert_eq!(p.max_ms, 200.0);
-        assert!(p.p999_ms < 0.32, "the single outlier is exactly the 1000th of 1000: {p:?}");
+        assert!(
+            p.p999_ms < 0.32,
+            "the single outlier is exactly the 1000th of 1000: {p:?}"
+        );
         assert!((h.quantile_us(1.0) as f64 - 200_000.0).abs() / 200_000.0 < 0.07);
     }
 
@@ -250,7 +271,10 @@ mod tests {
         let window = h.snapshot().since(&before);
         let p = window.percentiles();
         assert_eq!(p.count, 100);
-        assert!(p.max_ms < 0.53, "the 50 ms values came before the window: {p:?}");
+        assert!(
+            p.max_ms < 0.53,
+            "the 50 ms values came before the window: {p:?}"
+        );
         assert!((p.mean_ms - 0.5).abs() < 1e-9);
     }
 

@@ -40,8 +40,8 @@ pub mod worker;
 
 pub use brain::{BrainConfig, BrainError, BrainHandle, BrainPorts, Child};
 pub use ports::{
-    Planner, PlannerError, StepOutput, StoreError, TaskStore, VoiceError, VoiceModel,
-    FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE,
+    FRAME_PERIOD, FRAME_SAMPLES, Planner, PlannerError, SAMPLE_RATE, StepOutput, StoreError,
+    TaskStore, VoiceError, VoiceModel,
 };
 
 /// How long a request/response call to an actor may take before the caller gives up.

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use crate::CALL_TIMEOUT;
 use crate::affect::{AffectEvent, AffectHandle};
 use crate::classifier::{Decision, IntentClassifier};
 use crate::ports::{Action, Intent};
 use crate::reasoner::ReasonerHandle;
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::voice::TextPiece;
-use crate::CALL_TIMEOUT;
 
 /// Watcher settings (from `[monologue]` in the config file).
 #[derive(Debug, Clone)]
@@ -49,7 +49,9 @@ pub enum MonologueMsg {
     /// A piece of the inner monologue (from `voice`).
     TextPiece(TextPiece),
     /// Close the phrase if no piece arrived since generation `generation` was scheduled.
-    PauseCheck { generation: u64 },
+    PauseCheck {
+        generation: u64,
+    },
     Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -116,6 +118,9 @@ struct IntentSummary {
     repeat: bool,
 }
 
+/// What makes two intents the same task: action, object, destination.
+type TaskKey = (Action, String, Option<String>);
+
 pub struct MonologueState {
     phrase: String,
     last_tick: u64,
@@ -123,7 +128,7 @@ pub struct MonologueState {
     pieces: VecDeque<TextPiece>,
     phrases: VecDeque<PhraseRecord>,
     /// Recently fired tasks, to ignore repeats.
-    fired: VecDeque<((Action, String, Option<String>), Instant)>,
+    fired: VecDeque<(TaskKey, Instant)>,
     pieces_seen: u64,
     phrases_closed: u64,
     intents_fired: u64,
@@ -133,7 +138,12 @@ pub struct MonologueState {
 }
 
 impl Monologue {
-    fn on_piece(&self, myself: &ActorRef<MonologueMsg>, state: &mut MonologueState, piece: TextPiece) {
+    fn on_piece(
+        &self,
+        myself: &ActorRef<MonologueMsg>,
+        state: &mut MonologueState,
+        piece: TextPiece,
+    ) {
         state.pieces_seen += 1;
         state.last_tick = piece.tick;
         state.phrase.push_str(&piece.text);
@@ -146,7 +156,9 @@ impl Monologue {
         } else {
             state.generation += 1;
             let generation = state.generation;
-            myself.send_after(self.config.pause, move || MonologueMsg::PauseCheck { generation });
+            myself.send_after(self.config.pause, move || MonologueMsg::PauseCheck {
+                generation,
+            });
         }
     }
 
@@ -157,13 +169,24 @@ impl Monologue {
             return;
         }
         state.phrases_closed += 1;
-        let mut record = PhraseRecord { text: text.clone(), tick: state.last_tick, closed_by, intent: None };
+        let mut record = PhraseRecord {
+            text: text.clone(),
+            tick: state.last_tick,
+            closed_by,
+            intent: None,
+        };
         match IntentClassifier::embedded().decide(&text) {
             Decision::Fire(found) => {
                 let parsed = found.task;
-                let key = (parsed.action, parsed.object.clone(), parsed.destination.clone());
+                let key = (
+                    parsed.action,
+                    parsed.object.clone(),
+                    parsed.destination.clone(),
+                );
                 let now = Instant::now();
-                state.fired.retain(|(_, at)| now.duration_since(*at) < self.config.dedupe_window);
+                state
+                    .fired
+                    .retain(|(_, at)| now.duration_since(*at) < self.config.dedupe_window);
                 let repeat = state.fired.iter().any(|(k, _)| *k == key);
                 record.intent = Some(IntentSummary {
                     action: parsed.action,

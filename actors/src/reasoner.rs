@@ -12,10 +12,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::ports::{now_ms, Action, Intent, PlanContext, PlanStep, Planner, TaskSource};
+use crate::CALL_TIMEOUT;
+use crate::ports::{Action, Intent, PlanContext, PlanStep, Planner, TaskSource, now_ms};
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::tasks::TasksHandle;
-use crate::CALL_TIMEOUT;
 
 /// Slow-loop settings (from `[reasoner]` in the config file).
 #[derive(Debug, Clone)]
@@ -28,7 +28,10 @@ pub struct ReasonerConfig {
 
 impl Default for ReasonerConfig {
     fn default() -> Self {
-        ReasonerConfig { max_in_flight: 4, queue_capacity: 64 }
+        ReasonerConfig {
+            max_in_flight: 4,
+            queue_capacity: 64,
+        }
     }
 }
 
@@ -45,11 +48,21 @@ pub struct Deliberated {
 #[derive(Debug)]
 pub enum ReasonerMsg {
     /// A physical-task intent (from `monologue`) with the phrases before it.
-    Intent { intent: Intent, recent: Vec<String> },
+    Intent {
+        intent: Intent,
+        recent: Vec<String>,
+    },
     /// A deliberation finished (from its own task).
-    Finished { id: u64, result: Result<Deliberated, String>, took: Duration },
+    Finished {
+        id: u64,
+        result: Result<Deliberated, String>,
+        took: Duration,
+    },
     /// Cancel one deliberation (running or queued), or all of them; replies how many.
-    Cancel { id: Option<u64>, reply: RpcReplyPort<usize> },
+    Cancel {
+        id: Option<u64>,
+        reply: RpcReplyPort<usize>,
+    },
     Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -72,7 +85,9 @@ impl ReasonerHandle {
 
     /// Cancel deliberation `id`, or every one with `None`; returns how many were cancelled.
     pub async fn cancel(&self, id: Option<u64>) -> Result<usize, CallError> {
-        self.slot.call(|reply| ReasonerMsg::Cancel { id, reply }, CALL_TIMEOUT).await
+        self.slot
+            .call(|reply| ReasonerMsg::Cancel { id, reply }, CALL_TIMEOUT)
+            .await
     }
 
     pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
@@ -151,7 +166,13 @@ pub struct ReasonerState {
 }
 
 impl Reasoner {
-    fn start(&self, myself: &ActorRef<ReasonerMsg>, state: &mut ReasonerState, id: u64, ctx: PlanContext) {
+    fn start(
+        &self,
+        myself: &ActorRef<ReasonerMsg>,
+        state: &mut ReasonerState,
+        id: u64,
+        ctx: PlanContext,
+    ) {
         let brief = IntentBrief::from(&ctx.intent);
         let planner = Arc::clone(&self.planner);
         let tasks = self.tasks.clone();
@@ -159,14 +180,27 @@ impl Reasoner {
         let abort = state.work.spawn(async move {
             let started = Instant::now();
             let result = deliberate(planner.as_ref(), &tasks, id, ctx).await;
-            let _ = me.cast(ReasonerMsg::Finished { id, result, took: started.elapsed() });
+            let _ = me.cast(ReasonerMsg::Finished {
+                id,
+                result,
+                took: started.elapsed(),
+            });
         });
-        state.running.insert(id, Running { intent: brief, started: Instant::now(), abort });
+        state.running.insert(
+            id,
+            Running {
+                intent: brief,
+                started: Instant::now(),
+                abort,
+            },
+        );
     }
 
     fn fill_slots(&self, myself: &ActorRef<ReasonerMsg>, state: &mut ReasonerState) {
         while state.running.len() < self.config.max_in_flight.max(1) {
-            let Some((id, ctx)) = state.queue.pop_front() else { break };
+            let Some((id, ctx)) = state.queue.pop_front() else {
+                break;
+            };
             self.start(myself, state, id, ctx);
         }
     }
@@ -223,15 +257,24 @@ async fn deliberate(
     let plan_id = format!("plan-{}-{id}", now_ms());
     let mut task_ids = Vec::with_capacity(outcome.calls.len());
     for (i, call) in outcome.calls.into_iter().enumerate() {
-        call.validate().map_err(|e| format!("tool call {} rejected: {e}", i + 1))?;
-        let plan = (steps > 1).then(|| PlanStep { plan: plan_id.clone(), step: i as u32 + 1, of: steps });
+        call.validate()
+            .map_err(|e| format!("tool call {} rejected: {e}", i + 1))?;
+        let plan = (steps > 1).then(|| PlanStep {
+            plan: plan_id.clone(),
+            step: i as u32 + 1,
+            of: steps,
+        });
         let task = tasks
             .create(call, TaskSource::Monologue, plan)
             .await
             .map_err(|e| format!("could not file task {}: {e}", i + 1))?;
         task_ids.push(task.id);
     }
-    Ok(Deliberated { planner: outcome.planner, fallback: outcome.fallback, task_ids })
+    Ok(Deliberated {
+        planner: outcome.planner,
+        fallback: outcome.fallback,
+        task_ids,
+    })
 }
 
 impl Actor for Reasoner {
@@ -273,21 +316,30 @@ impl Actor for Reasoner {
             ReasonerMsg::Intent { intent, recent } => {
                 let id = state.next_id;
                 state.next_id += 1;
-                state.queue.push_back((id, PlanContext { intent, recent_monologue: recent }));
+                state.queue.push_back((
+                    id,
+                    PlanContext {
+                        intent,
+                        recent_monologue: recent,
+                    },
+                ));
                 if state.queue.len() > self.config.queue_capacity.max(1) {
                     if let Some((dropped, ctx)) = state.queue.pop_front() {
                         state.dropped += 1;
                         tracing::warn!(id = dropped, "reasoner queue full; oldest intent dropped");
-                        Self::record(state, Record {
-                            id: dropped,
-                            intent: IntentBrief::from(&ctx.intent),
-                            outcome: "dropped",
-                            planner: None,
-                            fallback: None,
-                            tasks: vec![],
-                            error: Some("queue full".into()),
-                            took_ms: 0,
-                        });
+                        Self::record(
+                            state,
+                            Record {
+                                id: dropped,
+                                intent: IntentBrief::from(&ctx.intent),
+                                outcome: "dropped",
+                                planner: None,
+                                fallback: None,
+                                tasks: vec![],
+                                error: Some("queue full".into()),
+                                took_ms: 0,
+                            },
+                        );
                     }
                 }
                 self.fill_slots(&myself, state);
@@ -338,21 +390,29 @@ impl Actor for Reasoner {
                 let mut n = 0;
                 let ids: Vec<u64> = match id {
                     Some(id) => vec![id],
-                    None => state.running.keys().copied().chain(state.queue.iter().map(|(i, _)| *i)).collect(),
+                    None => state
+                        .running
+                        .keys()
+                        .copied()
+                        .chain(state.queue.iter().map(|(i, _)| *i))
+                        .collect(),
                 };
                 for id in ids {
                     if let Some(run) = state.running.remove(&id) {
                         run.abort.abort();
-                        Self::record(state, Record {
-                            id,
-                            intent: run.intent,
-                            outcome: "cancelled",
-                            planner: None,
-                            fallback: None,
-                            tasks: vec![],
-                            error: None,
-                            took_ms: run.started.elapsed().as_millis() as u64,
-                        });
+                        Self::record(
+                            state,
+                            Record {
+                                id,
+                                intent: run.intent,
+                                outcome: "cancelled",
+                                planner: None,
+                                fallback: None,
+                                tasks: vec![],
+                                error: None,
+                                took_ms: run.started.elapsed().as_millis() as u64,
+                            },
+                        );
                         n += 1;
                     } else if let Some(pos) = state.queue.iter().position(|(i, _)| *i == id) {
                         state.queue.remove(pos);

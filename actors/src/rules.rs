@@ -17,7 +17,10 @@ pub struct RulePlanner {
 
 impl Default for RulePlanner {
     fn default() -> Self {
-        RulePlanner { min_confidence: 0.5, delay: Duration::ZERO }
+        RulePlanner {
+            min_confidence: 0.5,
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -32,7 +35,11 @@ impl RulePlanner {
             )));
         }
         task.validate().map_err(PlannerError::Unplannable)?;
-        Ok(PlanOutcome { calls: vec![task.clone()], planner: "rules", fallback: None })
+        Ok(PlanOutcome {
+            calls: vec![task.clone()],
+            planner: "rules",
+            fallback: None,
+        })
     }
 }
 

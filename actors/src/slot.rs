@@ -5,7 +5,7 @@
 //! on restart and every handle clone sees the new one. Loading it is a lock-free atomic read,
 //! so the voice loop can cast through a slot without ever waiting.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,7 +135,8 @@ impl ActorStats {
         } else {
             self.set_status(ActorStatus::Failed);
         }
-        self.sent.store(self.handled.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.sent
+            .store(self.handled.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// A message that could not be delivered to any incarnation.
@@ -187,20 +188,28 @@ pub struct Slot<M: Message> {
 
 impl<M: Message> Clone for Slot<M> {
     fn clone(&self) -> Self {
-        Slot { current: Arc::clone(&self.current), stats: Arc::clone(&self.stats) }
+        Slot {
+            current: Arc::clone(&self.current),
+            stats: Arc::clone(&self.stats),
+        }
     }
 }
 
 impl<M: Message> std::fmt::Debug for Slot<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot").field("name", &self.stats.name).finish()
+        f.debug_struct("Slot")
+            .field("name", &self.stats.name)
+            .finish()
     }
 }
 
 impl<M: Message> Slot<M> {
     /// An empty slot; the brain fills it when the actor starts.
     pub fn new(name: &'static str) -> Self {
-        Slot { current: Arc::new(ArcSwapOption::empty()), stats: Arc::new(ActorStats::new(name)) }
+        Slot {
+            current: Arc::new(ArcSwapOption::empty()),
+            stats: Arc::new(ActorStats::new(name)),
+        }
     }
 
     pub fn stats(&self) -> &Arc<ActorStats> {
@@ -241,7 +250,9 @@ impl<M: Message> Slot<M> {
     /// retry). Nothing is counted as undelivered.
     pub fn try_cast(&self, msg: M) -> Result<(), M> {
         let guard = self.current.load();
-        let Some(actor) = guard.as_ref() else { return Err(msg) };
+        let Some(actor) = guard.as_ref() else {
+            return Err(msg);
+        };
         match actor.cast(msg) {
             Ok(()) => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);

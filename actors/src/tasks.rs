@@ -17,13 +17,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::CALL_TIMEOUT;
 use crate::affect::{AffectEvent, AffectHandle};
 use crate::ports::{
-    now_ms, BodyCommand, BodyReport, BodyState, PhysicalTask, PlanStep, Progress, StoreError, Task,
-    TaskSource, TaskState, TaskStore,
+    BodyCommand, BodyReport, BodyState, PhysicalTask, PlanStep, Progress, StoreError, Task,
+    TaskSource, TaskState, TaskStore, now_ms,
 };
 use crate::slot::{ActorStats, CallError, Slot};
-use crate::CALL_TIMEOUT;
 
 /// A write waits for the disk; give it more room than an in-memory answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +56,9 @@ pub struct TasksConfig {
 
 impl Default for TasksConfig {
     fn default() -> Self {
-        TasksConfig { redeliver_after: Duration::from_secs(5) }
+        TasksConfig {
+            redeliver_after: Duration::from_secs(5),
+        }
     }
 }
 
@@ -69,16 +71,33 @@ pub enum TasksMsg {
         plan: Option<PlanStep>,
         reply: RpcReplyPort<Result<Task, TaskError>>,
     },
-    Get { id: String, reply: RpcReplyPort<Result<Task, TaskError>> },
-    List { reply: RpcReplyPort<Result<Vec<Task>, TaskError>> },
+    Get {
+        id: String,
+        reply: RpcReplyPort<Result<Task, TaskError>>,
+    },
+    List {
+        reply: RpcReplyPort<Result<Vec<Task>, TaskError>>,
+    },
     /// Cancel a task that has not finished (and tell the body, if it has it).
-    Cancel { id: String, reply: RpcReplyPort<Result<Task, TaskError>> },
+    Cancel {
+        id: String,
+        reply: RpcReplyPort<Result<Task, TaskError>>,
+    },
     /// A body connected; tool calls go to `outbox`. Replies with the session number.
-    AttachBody { outbox: mpsc::Sender<BodyCommand>, reply: RpcReplyPort<Result<u64, TaskError>> },
+    AttachBody {
+        outbox: mpsc::Sender<BodyCommand>,
+        reply: RpcReplyPort<Result<u64, TaskError>>,
+    },
     /// The body of `session` went away.
-    DetachBody { session: u64 },
+    DetachBody {
+        session: u64,
+    },
     /// The body of `session` reports on a task.
-    BodyReport { session: u64, report: BodyReport, reply: RpcReplyPort<Result<Task, TaskError>> },
+    BodyReport {
+        session: u64,
+        report: BodyReport,
+        reply: RpcReplyPort<Result<Task, TaskError>>,
+    },
     /// Send again what the body has not acknowledged (from the actor's own timer).
     Redeliver,
     /// Counts by state, kept in memory.
@@ -109,27 +128,53 @@ impl TasksHandle {
         TasksHandle { slot }
     }
 
-    pub async fn create(&self, args: PhysicalTask, source: TaskSource, plan: Option<PlanStep>) -> Result<Task, TaskError> {
-        self.slot.call(|reply| TasksMsg::Create { args, source, plan, reply }, WRITE_TIMEOUT).await?
+    pub async fn create(
+        &self,
+        args: PhysicalTask,
+        source: TaskSource,
+        plan: Option<PlanStep>,
+    ) -> Result<Task, TaskError> {
+        self.slot
+            .call(
+                |reply| TasksMsg::Create {
+                    args,
+                    source,
+                    plan,
+                    reply,
+                },
+                WRITE_TIMEOUT,
+            )
+            .await?
     }
 
     pub async fn get(&self, id: &str) -> Result<Task, TaskError> {
         let id = id.to_string();
-        self.slot.call(|reply| TasksMsg::Get { id, reply }, CALL_TIMEOUT).await?
+        self.slot
+            .call(|reply| TasksMsg::Get { id, reply }, CALL_TIMEOUT)
+            .await?
     }
 
     pub async fn list(&self) -> Result<Vec<Task>, TaskError> {
-        self.slot.call(|reply| TasksMsg::List { reply }, WRITE_TIMEOUT).await?
+        self.slot
+            .call(|reply| TasksMsg::List { reply }, WRITE_TIMEOUT)
+            .await?
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Task, TaskError> {
         let id = id.to_string();
-        self.slot.call(|reply| TasksMsg::Cancel { id, reply }, WRITE_TIMEOUT).await?
+        self.slot
+            .call(|reply| TasksMsg::Cancel { id, reply }, WRITE_TIMEOUT)
+            .await?
     }
 
     /// Attach a body; every unfinished task is sent to `outbox` right away.
     pub async fn attach_body(&self, outbox: mpsc::Sender<BodyCommand>) -> Result<u64, TaskError> {
-        self.slot.call(|reply| TasksMsg::AttachBody { outbox, reply }, WRITE_TIMEOUT).await?
+        self.slot
+            .call(
+                |reply| TasksMsg::AttachBody { outbox, reply },
+                WRITE_TIMEOUT,
+            )
+            .await?
     }
 
     pub fn detach_body(&self, session: u64) {
@@ -137,7 +182,16 @@ impl TasksHandle {
     }
 
     pub async fn body_report(&self, session: u64, report: BodyReport) -> Result<Task, TaskError> {
-        self.slot.call(|reply| TasksMsg::BodyReport { session, report, reply }, WRITE_TIMEOUT).await?
+        self.slot
+            .call(
+                |reply| TasksMsg::BodyReport {
+                    session,
+                    report,
+                    reply,
+                },
+                WRITE_TIMEOUT,
+            )
+            .await?
     }
 
     pub async fn summary(&self) -> Result<TaskSummary, CallError> {
@@ -234,7 +288,12 @@ impl Tasks {
 
     /// Write `task`, flushed to disk before this returns, and keep the in-memory views in
     /// step (`before`: its previous state).
-    async fn write(&self, state: &mut TasksState, task: &Task, before: Option<TaskState>) -> Result<(), TaskError> {
+    async fn write(
+        &self,
+        state: &mut TasksState,
+        task: &Task,
+        before: Option<TaskState>,
+    ) -> Result<(), TaskError> {
         self.store_task(state, task, before, true).await
     }
 
@@ -250,7 +309,14 @@ impl Tasks {
     ) -> Result<(), TaskError> {
         state.writes += 1;
         let record = task.clone();
-        let written = blocking(&self.store, move |s| if durable { s.put(&record) } else { s.put_lazy(&record) }).await;
+        let written = blocking(&self.store, move |s| {
+            if durable {
+                s.put(&record)
+            } else {
+                s.put_lazy(&record)
+            }
+        })
+        .await;
         if let Err(e) = written {
             state.write_errors += 1;
             return Err(e);
@@ -261,7 +327,11 @@ impl Tasks {
                     *n = n.saturating_sub(1);
                 }
             }
-            *state.summary.by_state.entry(task.state.as_str().into()).or_default() += 1;
+            *state
+                .summary
+                .by_state
+                .entry(task.state.as_str().into())
+                .or_default() += 1;
         }
         if task.state.is_terminal() {
             state.open.remove(&task.id);
@@ -312,7 +382,9 @@ impl Tasks {
             return Ok(task.clone());
         }
         let wanted = id.to_string();
-        blocking(&self.store, move |s| s.get(&wanted)).await?.ok_or_else(|| TaskError::NotFound(id.to_string()))
+        blocking(&self.store, move |s| s.get(&wanted))
+            .await?
+            .ok_or_else(|| TaskError::NotFound(id.to_string()))
     }
 
     async fn transition(
@@ -323,7 +395,8 @@ impl Tasks {
         detail: Option<String>,
     ) -> Result<Task, TaskError> {
         let before = task.state;
-        task.transition(next, detail).map_err(TaskError::Lifecycle)?;
+        task.transition(next, detail)
+            .map_err(TaskError::Lifecycle)?;
         self.write(state, &task, Some(before)).await?;
         match next {
             TaskState::Running => self.affect.event(AffectEvent::TaskStarted),
@@ -338,12 +411,26 @@ impl Tasks {
         let task = self.find(state, &id).await?;
         let was = task.state;
         if was.is_terminal() {
-            return Err(TaskError::Lifecycle(format!("task {id} already {}; nothing to cancel", was.as_str())));
+            return Err(TaskError::Lifecycle(format!(
+                "task {id} already {}; nothing to cancel",
+                was.as_str()
+            )));
         }
-        let task = self.transition(state, task, TaskState::Cancelled, Some("cancelled on request".into())).await?;
+        let task = self
+            .transition(
+                state,
+                task,
+                TaskState::Cancelled,
+                Some("cancelled on request".into()),
+            )
+            .await?;
         if was != TaskState::Pending {
             if let Some(body) = &state.body {
-                if body.outbox.try_send(BodyCommand::Cancel { id: id.clone() }).is_err() {
+                if body
+                    .outbox
+                    .try_send(BodyCommand::Cancel { id: id.clone() })
+                    .is_err()
+                {
                     tracing::warn!(%id, "could not tell the body to cancel; it will be refused on its next report");
                 }
             }
@@ -351,7 +438,11 @@ impl Tasks {
         Ok(task)
     }
 
-    async fn attach(&self, state: &mut TasksState, outbox: mpsc::Sender<BodyCommand>) -> Result<u64, TaskError> {
+    async fn attach(
+        &self,
+        state: &mut TasksState,
+        outbox: mpsc::Sender<BodyCommand>,
+    ) -> Result<u64, TaskError> {
         if let Some(body) = &state.body {
             if !body.outbox.is_closed() {
                 return Err(TaskError::BodyBusy);
@@ -359,17 +450,30 @@ impl Tasks {
         }
         state.next_session += 1;
         let session = state.next_session;
-        state.body = Some(Body { session, outbox, since_ms: now_ms() });
+        state.body = Some(Body {
+            session,
+            outbox,
+            since_ms: now_ms(),
+        });
         state.summary.body_attached = true;
         let unfinished: Vec<Task> = state.open.values().cloned().collect();
-        tracing::info!(session, unfinished = unfinished.len(), "body attached; sending unfinished tasks");
+        tracing::info!(
+            session,
+            unfinished = unfinished.len(),
+            "body attached; sending unfinished tasks"
+        );
         for task in unfinished {
             self.deliver(state, task).await;
         }
         Ok(session)
     }
 
-    async fn report(&self, state: &mut TasksState, session: u64, report: BodyReport) -> Result<Task, TaskError> {
+    async fn report(
+        &self,
+        state: &mut TasksState,
+        session: u64,
+        report: BodyReport,
+    ) -> Result<Task, TaskError> {
         state.reports += 1;
         if state.body.as_ref().map(|b| b.session) != Some(session) {
             return Err(TaskError::Detached);
@@ -388,17 +492,31 @@ impl Tasks {
             }
         }
         if task.state == TaskState::Cancelled {
-            return Err(TaskError::Lifecycle(format!("task {} was cancelled; stop working on it", task.id)));
+            return Err(TaskError::Lifecycle(format!(
+                "task {} was cancelled; stop working on it",
+                task.id
+            )));
         }
         // The body has it, whatever the ledger last recorded (say, before a restart).
         if task.state == TaskState::Pending {
-            task = self.transition(state, task, TaskState::Dispatched, Some("reported by the body".into())).await?;
+            task = self
+                .transition(
+                    state,
+                    task,
+                    TaskState::Dispatched,
+                    Some("reported by the body".into()),
+                )
+                .await?;
         }
         let news = report.detail.is_some() || report.progress.is_some();
         if task.state == next {
             // A repeat (redelivery makes these normal) or progress news: no state change.
             if next == TaskState::Running && news {
-                task.progress = Some(Progress { fraction: report.progress, detail: report.detail, at_ms: now_ms() });
+                task.progress = Some(Progress {
+                    fraction: report.progress,
+                    detail: report.detail,
+                    at_ms: now_ms(),
+                });
                 task.updated_ms = now_ms();
                 self.write(state, &task, Some(next)).await?;
             }
@@ -413,7 +531,11 @@ impl Tasks {
             )));
         }
         if next == TaskState::Running && news {
-            task.progress = Some(Progress { fraction: report.progress, detail: report.detail.clone(), at_ms: now_ms() });
+            task.progress = Some(Progress {
+                fraction: report.progress,
+                detail: report.detail.clone(),
+                at_ms: now_ms(),
+            });
         }
         self.transition(state, task, next, report.detail).await
     }
@@ -426,7 +548,10 @@ impl Tasks {
         let due: Vec<Task> = state
             .open
             .values()
-            .filter(|t| matches!(t.state, TaskState::Pending | TaskState::Dispatched) && t.updated_ms <= cutoff)
+            .filter(|t| {
+                matches!(t.state, TaskState::Pending | TaskState::Dispatched)
+                    && t.updated_ms <= cutoff
+            })
             .cloned()
             .collect();
         for task in due {
@@ -457,7 +582,11 @@ impl Actor for Tasks {
     type State = TasksState;
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<TasksMsg>, _: ()) -> Result<TasksState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TasksMsg>,
+        _: (),
+    ) -> Result<TasksState, ActorProcessingErr> {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
         let tasks = blocking(&self.store, |s| s.list()).await?;
@@ -468,7 +597,10 @@ impl Actor for Tasks {
         let mut open = BTreeMap::new();
         for task in &tasks {
             summary.total += 1;
-            *summary.by_state.entry(task.state.as_str().into()).or_default() += 1;
+            *summary
+                .by_state
+                .entry(task.state.as_str().into())
+                .or_default() += 1;
             if !task.state.is_terminal() {
                 open.insert(task.id.clone(), task.clone());
             }
@@ -492,9 +624,19 @@ impl Actor for Tasks {
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<TasksMsg>, msg: TasksMsg, state: &mut TasksState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<TasksMsg>,
+        msg: TasksMsg,
+        state: &mut TasksState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TasksMsg::Create { args, source, plan, reply } => {
+            TasksMsg::Create {
+                args,
+                source,
+                plan,
+                reply,
+            } => {
                 let _ = reply.send(self.create(state, args, source, plan).await);
             }
             TasksMsg::Get { id, reply } => {
@@ -516,7 +658,11 @@ impl Actor for Tasks {
                     state.summary.body_attached = false;
                 }
             }
-            TasksMsg::BodyReport { session, report, reply } => {
+            TasksMsg::BodyReport {
+                session,
+                report,
+                reply,
+            } => {
                 let result = self.report(state, session, report).await;
                 if result.is_err() {
                     state.rejected_reports += 1;

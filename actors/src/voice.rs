@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::affect::AffectHandle;
-use crate::audio::{rms, AgentFrame, AudioInbox, EnergyVad};
+use crate::audio::{AgentFrame, AudioInbox, EnergyVad, rms};
 use crate::clock::TickClock;
 use crate::face::FaceHandle;
 use crate::histogram::{LatencyHistogram, Percentiles};
@@ -194,7 +194,11 @@ impl VoiceMetrics {
                 max: compute.max_ms / frame_ms,
             },
             last_error: self.last_error(),
-            model: self.model_status.lock().map(|s| s.clone()).unwrap_or_default(),
+            model: self
+                .model_status
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -247,7 +251,12 @@ impl VoiceHandle {
         accepts_text: bool,
         metrics: Arc<VoiceMetrics>,
     ) -> Self {
-        VoiceHandle { slot, backend, accepts_text, metrics }
+        VoiceHandle {
+            slot,
+            backend,
+            accepts_text,
+            metrics,
+        }
     }
 
     pub fn backend(&self) -> &'static str {
@@ -278,7 +287,9 @@ impl VoiceHandle {
         if text.chars().count() > Self::MAX_TEXT {
             return Err(HearError::TooLong(Self::MAX_TEXT));
         }
-        if self.slot.cast(VoiceMsg::Hear { text: text.to_string() }) {
+        if self.slot.cast(VoiceMsg::Hear {
+            text: text.to_string(),
+        }) {
             Ok(())
         } else {
             Err(HearError::NotRunning)
@@ -375,34 +386,42 @@ impl Drop for Ticker {
 /// A new incarnation (after a restart) continues the grid where the last one stopped: if
 /// the most recent deadline has not been ticked yet, it fires at once, late, rather than
 /// leaving a hole of a whole period.
-fn spawn_ticker(voice: ActorRef<VoiceMsg>, clock: TickClock, metrics: Arc<VoiceMetrics>) -> std::io::Result<Ticker> {
+fn spawn_ticker(
+    voice: ActorRef<VoiceMsg>,
+    clock: TickClock,
+    metrics: Arc<VoiceMetrics>,
+) -> std::io::Result<Ticker> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
-    std::thread::Builder::new().name("voice-ticker".into()).spawn(move || {
-        let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
-        let due = clock.due_at(Instant::now());
-        let mut n = due.max(next_unfired);
-        if next_unfired > 0 && due > next_unfired {
-            metrics.missed_ticks.fetch_add(due - next_unfired, Ordering::Relaxed);
-        }
-        loop {
-            let wait = clock.deadline(n).saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-            }
-            if stopped.load(Ordering::Relaxed) || voice.cast(VoiceMsg::Tick { n }).is_err() {
-                return; // this incarnation is gone
-            }
-            metrics.next_tick.store(n + 1, Ordering::Relaxed);
+    std::thread::Builder::new()
+        .name("voice-ticker".into())
+        .spawn(move || {
+            let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
             let due = clock.due_at(Instant::now());
-            if due > n {
-                metrics.missed_ticks.fetch_add(due - n, Ordering::Relaxed);
-                n = due + 1;
-            } else {
-                n += 1;
+            let mut n = due.max(next_unfired);
+            if next_unfired > 0 && due > next_unfired {
+                metrics
+                    .missed_ticks
+                    .fetch_add(due - next_unfired, Ordering::Relaxed);
             }
-        }
-    })?;
+            loop {
+                let wait = clock.deadline(n).saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                if stopped.load(Ordering::Relaxed) || voice.cast(VoiceMsg::Tick { n }).is_err() {
+                    return; // this incarnation is gone
+                }
+                metrics.next_tick.store(n + 1, Ordering::Relaxed);
+                let due = clock.due_at(Instant::now());
+                if due > n {
+                    metrics.missed_ticks.fetch_add(due - n, Ordering::Relaxed);
+                    n = due + 1;
+                } else {
+                    n += 1;
+                }
+            }
+        })?;
     Ok(Ticker { stop })
 }
 
@@ -411,7 +430,8 @@ impl Voice {
         let started = Instant::now();
         let m = &self.metrics;
         m.ticks.fetch_add(1, Ordering::Relaxed);
-        m.jitter.record(started.saturating_duration_since(self.clock.deadline(n)));
+        m.jitter
+            .record(started.saturating_duration_since(self.clock.deadline(n)));
         if let Some(last) = state.last_tick_at {
             m.interval.record(started.saturating_duration_since(last));
         }
@@ -451,7 +471,9 @@ impl Voice {
     }
 
     fn submit_next(&self, state: &mut VoiceState) {
-        let Some(mut frame) = state.backlog.pop_front() else { return };
+        let Some(mut frame) = state.backlog.pop_front() else {
+            return;
+        };
         let req = StepRequest {
             tick: frame.tick,
             user: std::mem::take(&mut frame.samples),
@@ -512,7 +534,10 @@ impl Voice {
         let piece: Option<Arc<str>> = done.output.text.filter(|t| !t.is_empty()).map(Arc::from);
         if let Some(text) = &piece {
             m.text_pieces.fetch_add(1, Ordering::Relaxed);
-            self.monologue.text_piece(TextPiece { tick: done.tick, text: Arc::clone(text) });
+            self.monologue.text_piece(TextPiece {
+                tick: done.tick,
+                text: Arc::clone(text),
+            });
         }
         let stats = FrameStats {
             tick: done.tick,
@@ -537,11 +562,15 @@ impl Voice {
 
     fn snapshot(&self, state: &VoiceState) -> serde_json::Value {
         let mut value = serde_json::to_value(
-            self.metrics.report(self.worker.backend(), self.worker.accepts_text()),
+            self.metrics
+                .report(self.worker.backend(), self.worker.accepts_text()),
         )
         .unwrap_or_default();
         if let Some(map) = value.as_object_mut() {
-            map.insert("in_flight".into(), state.in_flight.as_ref().map(|f| f.tick).into());
+            map.insert(
+                "in_flight".into(),
+                state.in_flight.as_ref().map(|f| f.tick).into(),
+            );
             map.insert("backlog".into(), state.backlog.len().into());
             map.insert("heard_waiting".into(), state.heard.len().into());
             map.insert("inbox_dropped_samples".into(), self.inbox.dropped().into());
@@ -574,7 +603,9 @@ impl Actor for Voice {
             agent_vad: EnergyVad::new(self.config.agent_speaking_dbfs, hang),
             user_was_active: false,
             agent_was_speaking: false,
-            pool: (0..self.config.backlog_frames + 2).map(|_| vec![0.0; FRAME_SAMPLES]).collect(),
+            pool: (0..self.config.backlog_frames + 2)
+                .map(|_| vec![0.0; FRAME_SAMPLES])
+                .collect(),
         })
     }
 

@@ -2,12 +2,12 @@
 //! bounded channel and gets the result back as a message; model compute never runs on the
 //! async workers, and the thread (with the loaded weights) outlives restarts of the actor.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::ports::{StepOutput, VoiceModel, FRAME_SAMPLES};
+use crate::ports::{FRAME_SAMPLES, StepOutput, VoiceModel};
 
 /// Ask the model for the status snapshot this often (in steps): about once a second.
 const STATUS_EVERY: u64 = 12;
@@ -48,7 +48,9 @@ pub struct ModelWorker {
 
 impl std::fmt::Debug for ModelWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelWorker").field("backend", &self.backend).finish()
+        f.debug_struct("ModelWorker")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
@@ -64,17 +66,24 @@ impl ModelWorker {
         // Capacity 1: the actor keeps at most one step in flight; the slot is slack for a
         // request sent in the instant before the thread returns to `recv`.
         let (tx, rx) = mpsc::sync_channel::<StepRequest>(1);
-        let thread = std::thread::Builder::new().name("voice-model".into()).spawn(move || {
-            tracing::info!(backend, "voice model thread started");
-            let mut steps: u64 = 0;
-            while let Ok(req) = rx.recv() {
-                let done = run_step(model.as_mut(), req, steps % STATUS_EVERY == 0);
-                steps += 1;
-                deliver(done);
-            }
-            tracing::info!(backend, steps, "voice model thread finished");
-        })?;
-        Ok(ModelWorker { tx: Some(tx), thread: Some(thread), backend, accepts_text })
+        let thread = std::thread::Builder::new()
+            .name("voice-model".into())
+            .spawn(move || {
+                tracing::info!(backend, "voice model thread started");
+                let mut steps: u64 = 0;
+                while let Ok(req) = rx.recv() {
+                    let done = run_step(model.as_mut(), req, steps % STATUS_EVERY == 0);
+                    steps += 1;
+                    deliver(done);
+                }
+                tracing::info!(backend, steps, "voice model thread finished");
+            })?;
+        Ok(ModelWorker {
+            tx: Some(tx),
+            thread: Some(thread),
+            backend,
+            accepts_text,
+        })
     }
 
     pub fn backend(&self) -> &'static str {
@@ -152,12 +161,19 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool)
         tick: req.tick,
         output,
         compute,
-        error: if errors.is_empty() { None } else { Some(errors.join("; ")) },
+        error: if errors.is_empty() {
+            None
+        } else {
+            Some(errors.join("; "))
+        },
         user: req.user,
         status,
     }
 }
 
 fn silence() -> StepOutput {
-    StepOutput { agent: vec![0.0; FRAME_SAMPLES], text: None }
+    StepOutput {
+        agent: vec![0.0; FRAME_SAMPLES],
+        text: None,
+    }
 }

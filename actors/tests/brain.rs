@@ -3,8 +3,8 @@
 //! sleep a fixed time and hope.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use creature_actors::ports::{
@@ -36,7 +36,8 @@ impl VoiceModel for Parrot {
         if Some(text) == self.panic_on {
             panic!("the parrot choked on {text:?}");
         }
-        self.words.extend(text.split_whitespace().map(|w| format!(" {w}")));
+        self.words
+            .extend(text.split_whitespace().map(|w| format!(" {w}")));
         Ok(())
     }
     fn step(&mut self, user: &[f32]) -> Result<StepOutput, VoiceError> {
@@ -59,7 +60,11 @@ impl VoiceModel for Parrot {
         let agent = (0..FRAME_SAMPLES)
             .map(|_| {
                 self.phase += 2.0 * std::f32::consts::PI * 220.0 / 24_000.0;
-                if speaking { 0.3 * self.phase.sin() } else { 0.0 }
+                if speaking {
+                    0.3 * self.phase.sin()
+                } else {
+                    0.0
+                }
             })
             .collect();
         Ok(StepOutput { agent, text })
@@ -71,19 +76,33 @@ impl VoiceModel for Parrot {
 }
 
 async fn start_with(model: Parrot, planner: Arc<dyn Planner>, config: BrainConfig) -> BrainHandle {
-    let ports = BrainPorts { model: Box::new(model), planner, store: Arc::new(MemoryTaskStore::default()) };
-    BrainHandle::start(config, ports).await.expect("brain starts")
+    let ports = BrainPorts {
+        model: Box::new(model),
+        planner,
+        store: Arc::new(MemoryTaskStore::default()),
+    };
+    BrainHandle::start(config, ports)
+        .await
+        .expect("brain starts")
 }
 
 async fn start() -> BrainHandle {
-    start_with(Parrot::default(), Arc::new(RulePlanner::default()), BrainConfig::default()).await
+    start_with(
+        Parrot::default(),
+        Arc::new(RulePlanner::default()),
+        BrainConfig::default(),
+    )
+    .await
 }
 
 /// Poll `cond` every 10 ms until it holds or `limit` passes.
 async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -96,12 +115,40 @@ fn ticks(brain: &BrainHandle) -> u64 {
 async fn every_actor_reports_running() {
     let brain = start().await;
     let names: Vec<_> = brain.actors().iter().map(|a| a.name).collect();
-    assert_eq!(names, ["brain", "voice", "monologue", "reasoner", "tasks", "affect", "face"]);
-    assert!(brain.actors().iter().all(|a| a.status == ActorStatus::Running), "{:?}", brain.actors());
+    assert_eq!(
+        names,
+        [
+            "brain",
+            "voice",
+            "monologue",
+            "reasoner",
+            "tasks",
+            "affect",
+            "face"
+        ]
+    );
+    assert!(
+        brain
+            .actors()
+            .iter()
+            .all(|a| a.status == ActorStatus::Running),
+        "{:?}",
+        brain.actors()
+    );
     let start_ticks = ticks(&brain);
-    eventually(Duration::from_secs(2), "ten ticks", || ticks(&brain) >= start_ticks + 10).await;
+    eventually(Duration::from_secs(2), "ten ticks", || {
+        ticks(&brain) >= start_ticks + 10
+    })
+    .await;
     brain.stop().await;
-    assert!(brain.actors().iter().all(|a| a.status == ActorStatus::Stopped), "{:?}", brain.actors());
+    assert!(
+        brain
+            .actors()
+            .iter()
+            .all(|a| a.status == ActorStatus::Stopped),
+        "{:?}",
+        brain.actors()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,31 +170,54 @@ async fn heard_words_become_a_task_through_the_whole_tree() {
     assert_eq!(task.state, TaskState::Pending);
     let mono = brain.monologue.snapshot().await.unwrap();
     assert_eq!(mono["intents_fired"], 1, "{mono}");
-    assert!(mono["text"].as_str().unwrap().contains("bring you the cup."), "{mono}");
+    assert!(
+        mono["text"]
+            .as_str()
+            .unwrap()
+            .contains("bring you the cup."),
+        "{mono}"
+    );
     brain.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_child_is_restarted_and_the_tick_never_stops() {
     // Six failures in a row: above the default intensity limit of 5 in 10 s.
-    let config = BrainConfig { max_restarts: 10, ..BrainConfig::default() };
+    let config = BrainConfig {
+        max_restarts: 10,
+        ..BrainConfig::default()
+    };
     let brain = start_with(Parrot::default(), Arc::new(RulePlanner::default()), config).await;
     eventually(Duration::from_secs(2), "warm-up", || ticks(&brain) >= 5).await;
     for name in ["monologue", "reasoner", "tasks", "affect", "face", "voice"] {
         let before = ticks(&brain);
         let stats = brain.actors().into_iter().find(|a| a.name == name).unwrap();
         assert!(brain.inject_fault(name));
-        eventually(Duration::from_secs(2), &format!("the restart of {name}"), || {
-            let now = brain.actors().into_iter().find(|a| a.name == name).unwrap();
-            now.restarts == stats.restarts + 1 && now.status == ActorStatus::Running
+        eventually(
+            Duration::from_secs(2),
+            &format!("the restart of {name}"),
+            || {
+                let now = brain.actors().into_iter().find(|a| a.name == name).unwrap();
+                now.restarts == stats.restarts + 1 && now.status == ActorStatus::Running
+            },
+        )
+        .await;
+        eventually(Duration::from_secs(2), "ticks after the restart", || {
+            ticks(&brain) >= before + 5
         })
         .await;
-        eventually(Duration::from_secs(2), "ticks after the restart", || ticks(&brain) >= before + 5).await;
         let summary = brain.actors().into_iter().find(|a| a.name == name).unwrap();
-        assert!(summary.last_error.unwrap().contains("injected fault"), "{name}");
+        assert!(
+            summary.last_error.unwrap().contains("injected fault"),
+            "{name}"
+        );
     }
     let interval = brain.voice.report().interval_ms;
-    assert!(interval.max_ms < 120.0, "a gap between ticks of {} ms", interval.max_ms);
+    assert!(
+        interval.max_ms < 120.0,
+        "a gap between ticks of {} ms",
+        interval.max_ms
+    );
     assert_eq!(brain.voice.report().missed_ticks, 0);
     // Everyone still works after all that: words still become tasks.
     brain.voice.hear("I'll pick up the red ball.").unwrap();
@@ -162,18 +232,25 @@ async fn a_crashing_child_is_restarted_and_the_tick_never_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_failures_stop_the_brain_with_an_error_naming_the_child() {
-    let config = BrainConfig { max_restarts: 3, ..BrainConfig::default() };
+    let config = BrainConfig {
+        max_restarts: 3,
+        ..BrainConfig::default()
+    };
     let brain = start_with(Parrot::default(), Arc::new(RulePlanner::default()), config).await;
     for i in 0..4 {
         brain.inject_fault("affect");
         if i < 3 {
             eventually(Duration::from_secs(2), "the restart", || {
-                brain.affect.stats().restarts() == i + 1 && brain.affect.stats().status() == ActorStatus::Running
+                brain.affect.stats().restarts() == i + 1
+                    && brain.affect.stats().status() == ActorStatus::Running
             })
             .await;
         }
     }
-    let err = tokio::time::timeout(Duration::from_secs(5), brain.wait()).await.expect("brain stops").unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), brain.wait())
+        .await
+        .expect("brain stops")
+        .unwrap_err();
     match &err {
         BrainError::RestartIntensity { child, limit, .. } => {
             assert_eq!(*child, "affect");
@@ -188,7 +265,10 @@ async fn too_many_failures_stop_the_brain_with_an_error_naming_the_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_planner_never_delays_a_tick() {
-    let planner = RulePlanner { delay: Duration::from_secs(2), ..RulePlanner::default() };
+    let planner = RulePlanner {
+        delay: Duration::from_secs(2),
+        ..RulePlanner::default()
+    };
     let brain = start_with(Parrot::default(), Arc::new(planner), BrainConfig::default()).await;
     eventually(Duration::from_secs(2), "warm-up", || ticks(&brain) >= 3).await;
     let before = brain.voice.report();
@@ -200,7 +280,14 @@ async fn a_slow_planner_never_delays_a_tick() {
             utterance: format!("I'll bring you the {object}."),
             confidence: 0.9,
         };
-        brain.reasoner.intent(Intent { task, tick: 0, detector: "rules".into() }, vec![]);
+        brain.reasoner.intent(
+            Intent {
+                task,
+                tick: 0,
+                detector: "rules".into(),
+            },
+            vec![],
+        );
     }
     // Deliberations pile up behind the 2 s planner: 4 in flight, the rest queued.
     let reasoner = brain.reasoner.clone();
@@ -210,7 +297,10 @@ async fn a_slow_planner_never_delays_a_tick() {
         if snap["in_flight"] == 4 && snap["queued"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "deliberations never piled up: {snap}");
+        assert!(
+            Instant::now() < deadline,
+            "deliberations never piled up: {snap}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tasks = brain.tasks.clone();
@@ -221,7 +311,11 @@ async fn a_slow_planner_never_delays_a_tick() {
     }
     let after = brain.voice.report();
     assert!(after.ticks - before.ticks > 30);
-    assert!(after.interval_ms.max_ms < 120.0, "gap of {} ms", after.interval_ms.max_ms);
+    assert!(
+        after.interval_ms.max_ms < 120.0,
+        "gap of {} ms",
+        after.interval_ms.max_ms
+    );
     assert_eq!(after.overruns, 0);
     brain.stop().await;
 }
@@ -236,7 +330,10 @@ async fn face_frames_arrive_at_the_tick_rate_and_the_mouth_moves_with_the_voice(
     let mut max_mouth: f32 = 0.0;
     let mut last_seq = 0;
     while started.elapsed() < Duration::from_secs(1) {
-        if tokio::time::timeout(Duration::from_millis(500), rx.changed()).await.is_err() {
+        if tokio::time::timeout(Duration::from_millis(500), rx.changed())
+            .await
+            .is_err()
+        {
             break;
         }
         let update = rx.borrow_and_update().clone();
@@ -254,15 +351,37 @@ async fn face_frames_arrive_at_the_tick_rate_and_the_mouth_moves_with_the_voice(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_slower_than_real_time_costs_overruns_not_drift() {
-    let model = Parrot { step_delay: Duration::from_millis(130), ..Parrot::default() };
-    let brain = start_with(model, Arc::new(RulePlanner::default()), BrainConfig::default()).await;
-    eventually(Duration::from_secs(5), "forty ticks", || ticks(&brain) >= 40).await;
+    let model = Parrot {
+        step_delay: Duration::from_millis(130),
+        ..Parrot::default()
+    };
+    let brain = start_with(
+        model,
+        Arc::new(RulePlanner::default()),
+        BrainConfig::default(),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "forty ticks", || {
+        ticks(&brain) >= 40
+    })
+    .await;
     let report = brain.voice.report();
     assert!(report.overruns > 5, "{report:?}");
-    assert!(report.dropped_frames > 0, "the backlog is bounded, so frames were dropped: {report:?}");
-    assert!(report.real_time_factor.p50 > 1.4, "{:?}", report.real_time_factor);
+    assert!(
+        report.dropped_frames > 0,
+        "the backlog is bounded, so frames were dropped: {report:?}"
+    );
+    assert!(
+        report.real_time_factor.p50 > 1.4,
+        "{:?}",
+        report.real_time_factor
+    );
     // The grid held: ticks stayed 80 ms apart while the model lagged.
-    assert!((report.interval_ms.p50_ms - 80.0).abs() < 5.0, "{:?}", report.interval_ms);
+    assert!(
+        (report.interval_ms.p50_ms - 80.0).abs() < 5.0,
+        "{:?}",
+        report.interval_ms
+    );
     let snap = brain.voice.snapshot().await.unwrap();
     assert!(snap["backlog"].as_u64().unwrap() <= 3, "{snap}");
     brain.stop().await;
@@ -270,22 +389,57 @@ async fn a_model_slower_than_real_time_costs_overruns_not_drift() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_model_is_caught_and_the_loop_goes_on() {
-    let model = Parrot { panic_on: Some("boom"), ..Parrot::default() };
-    let brain = start_with(model, Arc::new(RulePlanner::default()), BrainConfig::default()).await;
+    let model = Parrot {
+        panic_on: Some("boom"),
+        ..Parrot::default()
+    };
+    let brain = start_with(
+        model,
+        Arc::new(RulePlanner::default()),
+        BrainConfig::default(),
+    )
+    .await;
     brain.voice.hear("boom").unwrap();
-    eventually(Duration::from_secs(2), "the step error", || brain.voice.report().step_errors == 1).await;
+    eventually(Duration::from_secs(2), "the step error", || {
+        brain.voice.report().step_errors == 1
+    })
+    .await;
     let before = ticks(&brain);
-    eventually(Duration::from_secs(2), "more ticks", || ticks(&brain) > before + 5).await;
+    eventually(Duration::from_secs(2), "more ticks", || {
+        ticks(&brain) > before + 5
+    })
+    .await;
     let report = brain.voice.report();
-    assert!(report.last_error.unwrap().contains("choked on"), "the panic message is kept");
-    assert_eq!(brain.voice.stats().restarts(), 0, "the actor itself never failed");
+    assert!(
+        report.last_error.unwrap().contains("choked on"),
+        "the panic message is kept"
+    );
+    assert_eq!(
+        brain.voice.stats().restarts(),
+        0,
+        "the actor itself never failed"
+    );
     brain.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_text_is_refused_with_reasons() {
     let brain = start().await;
-    assert!(brain.voice.hear("   ").unwrap_err().to_string().contains("empty"));
-    assert!(brain.voice.hear(&"x".repeat(501)).unwrap_err().to_string().contains("longer than 500"));
+    assert!(
+        brain
+            .voice
+            .hear("   ")
+            .unwrap_err()
+            .to_string()
+            .contains("empty")
+    );
+    assert!(
+        brain
+            .voice
+            .hear(&"x".repeat(501))
+            .unwrap_err()
+            .to_string()
+            .contains("longer than 500")
+    );
     brain.stop().await;
 }

@@ -2,18 +2,18 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use creature_actors::intent;
 use creature_actors::ports::{Action, PhysicalTask, TaskSource};
 use creature_actors::voice::HearError;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{ApiError, ApiJson};
 use super::AppState;
+use super::error::{ApiError, ApiJson};
 
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     let brain = state.brain();
@@ -28,14 +28,20 @@ pub(super) async fn actors(State(state): State<AppState>) -> Response {
     Json(state.brain().actors()).into_response()
 }
 
-pub(super) async fn actor(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn actor(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.brain().snapshot(&name).await?).into_response())
 }
 
 pub(super) async fn state(State(state): State<AppState>) -> Result<Response, ApiError> {
     let brain = state.brain();
-    let (affect, tasks, reasoner) =
-        tokio::join!(brain.affect.snapshot(), brain.tasks.summary(), brain.reasoner.snapshot());
+    let (affect, tasks, reasoner) = tokio::join!(
+        brain.affect.snapshot(),
+        brain.tasks.summary(),
+        brain.reasoner.snapshot()
+    );
     let reasoner = reasoner?;
     let tasks = tasks?;
     let tasks_attached = tasks.body_attached;
@@ -86,7 +92,10 @@ impl TaskRequest {
     fn into_task(self) -> Result<PhysicalTask, ApiError> {
         if let Some(action) = self.action {
             let object = self.object.ok_or_else(|| {
-                ApiError::unprocessable("invalid_task", "`object` is required when `action` is given")
+                ApiError::unprocessable(
+                    "invalid_task",
+                    "`object` is required when `action` is given",
+                )
             })?;
             let utterance = self.utterance.unwrap_or_else(|| {
                 let mut u = format!("{} the {object}", action.as_str().replace('_', " "));
@@ -118,7 +127,10 @@ impl TaskRequest {
         if utterance.chars().count() > PhysicalTask::MAX_UTTERANCE {
             return Err(ApiError::unprocessable(
                 "invalid_task",
-                format!("`utterance` is longer than {} characters", PhysicalTask::MAX_UTTERANCE),
+                format!(
+                    "`utterance` is longer than {} characters",
+                    PhysicalTask::MAX_UTTERANCE
+                ),
             ));
         }
         let parsed = intent::parse(&utterance).ok_or_else(|| {
@@ -140,21 +152,37 @@ pub(super) async fn create_task(
     ApiJson(req): ApiJson<TaskRequest>,
 ) -> Result<Response, ApiError> {
     let args = req.into_task()?;
-    args.validate().map_err(|e| ApiError::unprocessable("invalid_task", e))?;
-    let task = state.brain().tasks.create(args, TaskSource::Api, None).await?;
+    args.validate()
+        .map_err(|e| ApiError::unprocessable("invalid_task", e))?;
+    let task = state
+        .brain()
+        .tasks
+        .create(args, TaskSource::Api, None)
+        .await?;
     let location = format!("/api/tasks/{}", task.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(task),
+    )
+        .into_response())
 }
 
 pub(super) async fn list_tasks(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(state.brain().tasks.list().await?).into_response())
 }
 
-pub(super) async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.brain().tasks.get(&id).await?).into_response())
 }
 
-pub(super) async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn cancel_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.brain().tasks.cancel(&id).await?).into_response())
 }
 
@@ -172,7 +200,13 @@ pub(super) async fn hear(
     brain.voice.hear(&req.text).map_err(|e| match e {
         HearError::AudioOnly(_) => ApiError::new(StatusCode::CONFLICT, "audio_only", e.to_string()),
         HearError::NotRunning => ApiError::unavailable(e.to_string()),
-        HearError::Empty | HearError::TooLong(_) => ApiError::unprocessable("invalid_text", e.to_string()),
+        HearError::Empty | HearError::TooLong(_) => {
+            ApiError::unprocessable("invalid_text", e.to_string())
+        }
     })?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"heard": req.text.trim(), "backend": brain.voice.backend()}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"heard": req.text.trim(), "backend": brain.voice.backend()})),
+    )
+        .into_response())
 }

@@ -4,13 +4,13 @@
 //! JSON, unknown tasks, states out of order, floods) is answered with an error message on
 //! the socket and counted, while the ledger and the brain carry on untouched.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use creature_actors::ports::{BodyCommand, BodyReport, BodyState};
 use creature_actors::tasks::{TaskError, TasksHandle};
@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::error::ApiError;
 use super::AppState;
+use super::error::ApiError;
 
 /// Tool calls waiting to be written to the body's socket.
 const OUTBOX: usize = 256;
@@ -46,12 +46,19 @@ fn same_secret(a: &str, b: &str) -> bool {
     diff == 0
 }
 
-pub(super) async fn body(ws: WebSocketUpgrade, headers: HeaderMap, State(state): State<AppState>) -> Response {
+pub(super) async fn body(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(state): State<AppState>,
+) -> Response {
     let counters = Arc::clone(&state.inner.body);
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     match presented {
         None => {
             counters.refused_auth.fetch_add(1, Ordering::Relaxed);
@@ -64,7 +71,8 @@ pub(super) async fn body(ws: WebSocketUpgrade, headers: HeaderMap, State(state):
         }
         Some(token) if !same_secret(token.trim(), &state.config().body.token) => {
             counters.refused_auth.fetch_add(1, Ordering::Relaxed);
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong body token").into_response();
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong body token")
+                .into_response();
         }
         Some(_) => {}
     }
@@ -84,13 +92,17 @@ pub(super) async fn body(ws: WebSocketUpgrade, headers: HeaderMap, State(state):
     };
     counters.sessions.fetch_add(1, Ordering::Relaxed);
     // However the session ends (or if the upgrade never completes), the body is detached.
-    let detach = DetachOnDrop { tasks: tasks.clone(), session };
+    let detach = DetachOnDrop {
+        tasks: tasks.clone(),
+        session,
+    };
     let rate = state.config().body.max_messages_per_sec;
-    ws.max_message_size(MAX_MESSAGE).on_upgrade(move |socket| async move {
-        let _detach = detach;
-        let (sink, stream) = socket.split();
-        body_session(sink, stream, commands, &tasks, session, rate, &counters).await;
-    })
+    ws.max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let _detach = detach;
+            let (sink, stream) = socket.split();
+            body_session(sink, stream, commands, &tasks, session, rate, &counters).await;
+        })
 }
 
 struct DetachOnDrop {
@@ -135,12 +147,18 @@ struct RateLimit {
 impl RateLimit {
     fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        RateLimit { rate, tokens: 2.0 * rate, last: Instant::now(), refused_in_a_row: 0 }
+        RateLimit {
+            rate,
+            tokens: 2.0 * rate,
+            last: Instant::now(),
+            refused_in_a_row: 0,
+        }
     }
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(2.0 * self.rate);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(2.0 * self.rate);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

@@ -2,11 +2,11 @@
 //! with a 4xx status for the caller's mistakes and 5xx for ours. Client errors are not
 //! logged; server errors are logged once, here.
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use creature_actors::brain::SnapshotError;
 use creature_actors::slot::CallError;
 use creature_actors::tasks::TaskError;
@@ -27,7 +27,11 @@ struct ErrorBody<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, error, detail: detail.into() }
+        ApiError {
+            status,
+            error,
+            detail: detail.into(),
+        }
     }
 
     pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
@@ -49,13 +53,20 @@ impl ApiError {
     /// A failure on our side: logged with its cause, reported without internals.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(cause = %cause, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the brain's log has the cause")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the brain's log has the cause",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.error, detail: &self.detail };
+        let body = ErrorBody {
+            error: self.error,
+            detail: &self.detail,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -100,7 +111,9 @@ impl From<TaskError> for ApiError {
             TaskError::NotFound(_) => Self::not_found(e.to_string()),
             TaskError::Invalid(_) => Self::unprocessable("invalid_task", e.to_string()),
             TaskError::Lifecycle(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            TaskError::BodyBusy | TaskError::Detached => Self::new(StatusCode::CONFLICT, "body_busy", e.to_string()),
+            TaskError::BodyBusy | TaskError::Detached => {
+                Self::new(StatusCode::CONFLICT, "body_busy", e.to_string())
+            }
             TaskError::Call(c) => c.into(),
             TaskError::Store(s) => Self::internal(s),
         }

@@ -37,7 +37,11 @@ impl Exposition {
     fn summary(&mut self, name: &str, help: &str, h: &LatencyHistogram) {
         self.header(name, "summary", help);
         for q in [0.5, 0.9, 0.99, 0.999] {
-            self.value(name, &format!("quantile=\"{q}\""), h.quantile_us(q) as f64 / 1e6);
+            self.value(
+                name,
+                &format!("quantile=\"{q}\""),
+                h.quantile_us(q) as f64 / 1e6,
+            );
         }
         self.value(&format!("{name}_sum"), "", h.sum_seconds());
         self.value(&format!("{name}_count"), "", h.count());
@@ -53,50 +57,148 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = Exposition(String::with_capacity(8 * 1024));
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
-    out.single("creature_voice_ticks_total", "counter", "Fast-loop ticks.", load(&m.ticks));
+    out.single(
+        "creature_voice_ticks_total",
+        "counter",
+        "Fast-loop ticks.",
+        load(&m.ticks),
+    );
     out.single(
         "creature_voice_overruns_total",
         "counter",
         "Ticks at which the previous model step was still computing.",
         load(&m.overruns),
     );
-    out.single("creature_voice_missed_ticks_total", "counter", "Tick deadlines that passed without a tick.", load(&m.missed_ticks));
-    out.single("creature_voice_dropped_frames_total", "counter", "User frames dropped from a full backlog.", load(&m.dropped_frames));
-    out.single("creature_voice_steps_total", "counter", "Model steps completed.", load(&m.steps));
-    out.single("creature_voice_step_errors_total", "counter", "Model steps that failed (silence was played).", load(&m.step_errors));
-    out.single("creature_voice_text_pieces_total", "counter", "Inner-monologue pieces emitted.", load(&m.text_pieces));
-    out.single("creature_voice_barge_ins_total", "counter", "Times the user started talking over the creature.", load(&m.barge_ins));
-    out.single("creature_voice_speaking", "gauge", "1 while the creature is speaking.", u8::from(m.speaking.load(Ordering::Relaxed)));
-    out.single("creature_voice_user_active", "gauge", "1 while the user's voice is active.", u8::from(m.user_active.load(Ordering::Relaxed)));
-    out.summary("creature_voice_tick_jitter_seconds", "Actual minus scheduled tick start.", &m.jitter);
-    out.summary("creature_voice_tick_interval_seconds", "Time between consecutive tick starts.", &m.interval);
-    out.summary("creature_voice_compute_seconds", "Model step wall time.", &m.compute);
-    out.summary("creature_voice_overhead_seconds", "Loop work per tick, model compute excluded.", &m.overhead);
-    out.summary("creature_voice_step_latency_seconds", "User frame taken in to agent frame out.", &m.step_latency);
+    out.single(
+        "creature_voice_missed_ticks_total",
+        "counter",
+        "Tick deadlines that passed without a tick.",
+        load(&m.missed_ticks),
+    );
+    out.single(
+        "creature_voice_dropped_frames_total",
+        "counter",
+        "User frames dropped from a full backlog.",
+        load(&m.dropped_frames),
+    );
+    out.single(
+        "creature_voice_steps_total",
+        "counter",
+        "Model steps completed.",
+        load(&m.steps),
+    );
+    out.single(
+        "creature_voice_step_errors_total",
+        "counter",
+        "Model steps that failed (silence was played).",
+        load(&m.step_errors),
+    );
+    out.single(
+        "creature_voice_text_pieces_total",
+        "counter",
+        "Inner-monologue pieces emitted.",
+        load(&m.text_pieces),
+    );
+    out.single(
+        "creature_voice_barge_ins_total",
+        "counter",
+        "Times the user started talking over the creature.",
+        load(&m.barge_ins),
+    );
+    out.single(
+        "creature_voice_speaking",
+        "gauge",
+        "1 while the creature is speaking.",
+        u8::from(m.speaking.load(Ordering::Relaxed)),
+    );
+    out.single(
+        "creature_voice_user_active",
+        "gauge",
+        "1 while the user's voice is active.",
+        u8::from(m.user_active.load(Ordering::Relaxed)),
+    );
+    out.summary(
+        "creature_voice_tick_jitter_seconds",
+        "Actual minus scheduled tick start.",
+        &m.jitter,
+    );
+    out.summary(
+        "creature_voice_tick_interval_seconds",
+        "Time between consecutive tick starts.",
+        &m.interval,
+    );
+    out.summary(
+        "creature_voice_compute_seconds",
+        "Model step wall time.",
+        &m.compute,
+    );
+    out.summary(
+        "creature_voice_overhead_seconds",
+        "Loop work per tick, model compute excluded.",
+        &m.overhead,
+    );
+    out.summary(
+        "creature_voice_step_latency_seconds",
+        "User frame taken in to agent frame out.",
+        &m.step_latency,
+    );
     out.single(
         "creature_audio_inbox_dropped_samples_total",
         "counter",
         "User audio samples dropped because a source outran the loop.",
         brain.inbox().dropped(),
     );
-    out.single("creature_face_subscribers", "gauge", "Face sockets and other subscribers connected.", brain.face.subscribers());
+    out.single(
+        "creature_face_subscribers",
+        "gauge",
+        "Face sockets and other subscribers connected.",
+        brain.face.subscribers(),
+    );
 
     let actors = brain.actors();
     out.header("creature_actor_up", "gauge", "1 if the actor is running.");
     for a in &actors {
-        out.value("creature_actor_up", &format!("actor=\"{}\"", a.name), u8::from(a.status == ActorStatus::Running));
+        out.value(
+            "creature_actor_up",
+            &format!("actor=\"{}\"", a.name),
+            u8::from(a.status == ActorStatus::Running),
+        );
     }
-    out.header("creature_actor_restarts_total", "counter", "Restarts by the supervisor.");
+    out.header(
+        "creature_actor_restarts_total",
+        "counter",
+        "Restarts by the supervisor.",
+    );
     for a in &actors {
-        out.value("creature_actor_restarts_total", &format!("actor=\"{}\"", a.name), a.restarts);
+        out.value(
+            "creature_actor_restarts_total",
+            &format!("actor=\"{}\"", a.name),
+            a.restarts,
+        );
     }
-    out.header("creature_actor_handled_total", "counter", "Messages handled.");
+    out.header(
+        "creature_actor_handled_total",
+        "counter",
+        "Messages handled.",
+    );
     for a in &actors {
-        out.value("creature_actor_handled_total", &format!("actor=\"{}\"", a.name), a.handled);
+        out.value(
+            "creature_actor_handled_total",
+            &format!("actor=\"{}\"", a.name),
+            a.handled,
+        );
     }
-    out.header("creature_actor_mailbox", "gauge", "Messages waiting in the mailbox.");
+    out.header(
+        "creature_actor_mailbox",
+        "gauge",
+        "Messages waiting in the mailbox.",
+    );
     for a in &actors {
-        out.value("creature_actor_mailbox", &format!("actor=\"{}\"", a.name), a.mailbox);
+        out.value(
+            "creature_actor_mailbox",
+            &format!("actor=\"{}\"", a.name),
+            a.mailbox,
+        );
     }
 
     if let Ok(summary) = brain.tasks.summary().await {
@@ -107,13 +209,38 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
     if let Ok(affect) = brain.affect.snapshot().await {
         let f = |k: &str| affect[k].as_f64().unwrap_or(0.0);
-        out.single("creature_affect_valence", "gauge", "Valence, -1 (unpleasant) to 1 (pleasant).", f("valence"));
-        out.single("creature_affect_arousal", "gauge", "Arousal, -1 (calm) to 1 (excited).", f("arousal"));
-        out.header("creature_affect_emotion", "gauge", "1 for the current Ekman label.");
+        out.single(
+            "creature_affect_valence",
+            "gauge",
+            "Valence, -1 (unpleasant) to 1 (pleasant).",
+            f("valence"),
+        );
+        out.single(
+            "creature_affect_arousal",
+            "gauge",
+            "Arousal, -1 (calm) to 1 (excited).",
+            f("arousal"),
+        );
+        out.header(
+            "creature_affect_emotion",
+            "gauge",
+            "1 for the current Ekman label.",
+        );
         for e in Emotion::ALL {
             let on = affect["emotion"].as_str() == Some(e.as_str());
-            out.value("creature_affect_emotion", &format!("emotion=\"{}\"", e.as_str()), u8::from(on));
+            out.value(
+                "creature_affect_emotion",
+                &format!("emotion=\"{}\"", e.as_str()),
+                u8::from(on),
+            );
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out.0).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out.0,
+    )
+        .into_response()
 }

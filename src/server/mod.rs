@@ -8,22 +8,22 @@ mod metrics;
 mod ws;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect};
 use axum::routing::{get, post};
-use axum::Router;
 use creature_actors::BrainHandle;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use error::ApiError;
 
-pub use ws::{audio_session, face_session, pcm16_to_f32, f32_to_pcm16};
+pub use ws::{audio_session, f32_to_pcm16, face_session, pcm16_to_f32};
 
 const FACE_HTML: &str = include_str!("../../face/face.html");
 const INSPECTOR_HTML: &str = include_str!("../../face/inspector.html");
@@ -69,8 +69,13 @@ impl AppState {
 
     /// Keep `/ws/audio` closed because `who` already feeds the fast loop.
     pub fn reserve_audio(&self, who: &'static str) {
-        self.inner.audio_busy.store(true, std::sync::atomic::Ordering::SeqCst);
-        tracing::info!(by = who, "phone audio sessions are off: the loop already has a microphone");
+        self.inner
+            .audio_busy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            by = who,
+            "phone audio sessions are off: the loop already has a microphone"
+        );
     }
 }
 
@@ -95,7 +100,11 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the API") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -110,5 +119,7 @@ pub async fn serve<F>(listener: TcpListener, state: AppState, shutdown: F) -> st
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

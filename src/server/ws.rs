@@ -3,12 +3,12 @@
 //! creature's voice out as PCM16 LE, 24 kHz mono. Sessions are written over any
 //! `Sink`/`Stream` of messages, so tests can drive them with channels.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use creature_actors::audio::{AgentFrame, AudioInbox};
@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use super::error::ApiError;
 use super::AppState;
+use super::error::ApiError;
 
 /// A phone that takes longer than this to accept one message is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,17 +48,21 @@ pub(super) async fn face(ws: WebSocketUpgrade, State(state): State<AppState>) ->
         seat_state.inner.face_clients.fetch_sub(1, Ordering::SeqCst);
     });
     let rx = state.brain().face.subscribe();
-    ws.max_message_size(16 * 1024).on_upgrade(move |socket| async move {
-        let _seat = seat;
-        let (sink, stream) = socket.split();
-        face_session(sink, stream, rx).await;
-    })
+    ws.max_message_size(16 * 1024)
+        .on_upgrade(move |socket| async move {
+            let _seat = seat;
+            let (sink, stream) = socket.split();
+            face_session(sink, stream, rx).await;
+        })
 }
 
 /// Send every new face frame until the phone goes away. What the phone sends is read only
 /// to notice that it closed.
-pub async fn face_session<Si, St, E>(mut sink: Si, mut stream: St, mut rx: watch::Receiver<Arc<FaceUpdate>>)
-where
+pub async fn face_session<Si, St, E>(
+    mut sink: Si,
+    mut stream: St,
+    mut rx: watch::Receiver<Arc<FaceUpdate>>,
+) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
 {
@@ -86,7 +90,10 @@ where
 }
 
 async fn send_text<Si: Sink<Message> + Unpin>(sink: &mut Si, text: &str) -> bool {
-    matches!(tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.into()))).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
 }
 
 pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
@@ -102,19 +109,28 @@ pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -
     let seat = Seat(move || seat_state.inner.audio_busy.store(false, Ordering::SeqCst));
     let brain = Arc::clone(state.brain());
     let max_bytes = state.config().server.max_audio_message_bytes;
-    ws.max_message_size(MAX_WS_MESSAGE).on_upgrade(move |socket| async move {
-        let _seat = seat;
-        let (sink, stream) = socket.split();
-        let ready = json!({
-            "type": "ready",
-            "sample_rate": SAMPLE_RATE,
-            "channels": 1,
-            "format": "pcm16le",
-            "frame_samples": FRAME_SAMPLES,
-            "backend": brain.voice.backend(),
-        });
-        audio_session(sink, stream, brain.inbox(), brain.subscribe_audio(), max_bytes, ready).await;
-    })
+    ws.max_message_size(MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let _seat = seat;
+            let (sink, stream) = socket.split();
+            let ready = json!({
+                "type": "ready",
+                "sample_rate": SAMPLE_RATE,
+                "channels": 1,
+                "format": "pcm16le",
+                "frame_samples": FRAME_SAMPLES,
+                "backend": brain.voice.backend(),
+            });
+            audio_session(
+                sink,
+                stream,
+                brain.inbox(),
+                brain.subscribe_audio(),
+                max_bytes,
+                ready,
+            )
+            .await;
+        })
 }
 
 /// The optional first text message of an audio session.
@@ -223,7 +239,11 @@ pub async fn audio_session<Si, St, E>(
 /// PCM16 little-endian bytes to f32 samples in -1..1 (`out` is cleared first).
 pub fn pcm16_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
     out.clear();
-    out.extend(bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0));
+    out.extend(
+        bytes
+            .chunks_exact(2)
+            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0),
+    );
 }
 
 /// f32 samples to PCM16 little-endian bytes, clamping out-of-range values.
@@ -248,7 +268,10 @@ mod tests {
         let mut back = Vec::new();
         pcm16_to_f32(&bytes, &mut back);
         for (a, b) in samples.iter().zip(&back) {
-            assert!((a.clamp(-1.0, 1.0) - b).abs() < 1.0 / 16_000.0, "{a} -> {b}");
+            assert!(
+                (a.clamp(-1.0, 1.0) - b).abs() < 1.0 / 16_000.0,
+                "{a} -> {b}"
+            );
         }
     }
 }

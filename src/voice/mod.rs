@@ -4,8 +4,8 @@ pub mod moshi;
 #[cfg(feature = "opus")]
 pub mod ogg_opus;
 pub mod remote;
-pub mod sim;
 mod rules;
+pub mod sim;
 mod synth;
 
 use creature_actors::{VoiceError, VoiceModel};

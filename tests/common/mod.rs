@@ -19,10 +19,13 @@ pub struct TestBrain {
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.server.addr = "127.0.0.1:0".parse().unwrap();
-    config
+    let mut server = Config::default().server;
+    server.addr = "127.0.0.1:0".parse().unwrap();
+    Config {
+        data_dir: dir.to_path_buf(),
+        server,
+        ..Config::default()
+    }
 }
 
 pub async fn start() -> TestBrain {

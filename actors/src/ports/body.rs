@@ -12,7 +12,11 @@ use super::planner::PhysicalTask;
 pub enum BodyCommand {
     /// Do this. `id` is the task id, the idempotency key: the same id may arrive more
     /// than once (delivery is at least once) and means the same task.
-    ToolCall { id: String, name: String, arguments: PhysicalTask },
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: PhysicalTask,
+    },
     /// Stop working on task `id`; the brain already counts it as cancelled.
     Cancel { id: String },
 }

@@ -10,10 +10,7 @@ mod voice;
 pub use body::{BodyCommand, BodyReport, BodyState};
 pub use planner::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
 pub use store::{
-    now_ms, MemoryTaskStore, PlanStep, Progress, StoreError, Task, TaskEvent, TaskSource,
-    TaskState, TaskStore,
+    MemoryTaskStore, PlanStep, Progress, StoreError, Task, TaskEvent, TaskSource, TaskState,
+    TaskStore, now_ms,
 };
-pub use voice::{
-    StepOutput, VoiceError, VoiceModel, FRAME_PERIOD, FRAME_SAMPLES,
-    SAMPLE_RATE,
-};
+pub use voice::{FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE, StepOutput, VoiceError, VoiceModel};

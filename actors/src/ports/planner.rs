@@ -83,18 +83,27 @@ impl PhysicalTask {
             return Err("`object` is empty".into());
         }
         if object.chars().count() > Self::MAX_NAME {
-            return Err(format!("`object` is longer than {} characters", Self::MAX_NAME));
+            return Err(format!(
+                "`object` is longer than {} characters",
+                Self::MAX_NAME
+            ));
         }
         if let Some(dest) = &self.destination {
             if dest.trim().is_empty() {
                 return Err("`destination` is empty (leave it out instead)".into());
             }
             if dest.chars().count() > Self::MAX_NAME {
-                return Err(format!("`destination` is longer than {} characters", Self::MAX_NAME));
+                return Err(format!(
+                    "`destination` is longer than {} characters",
+                    Self::MAX_NAME
+                ));
             }
         }
         if self.utterance.chars().count() > Self::MAX_UTTERANCE {
-            return Err(format!("`utterance` is longer than {} characters", Self::MAX_UTTERANCE));
+            return Err(format!(
+                "`utterance` is longer than {} characters",
+                Self::MAX_UTTERANCE
+            ));
         }
         if !(0.0..=1.0).contains(&self.confidence) || self.confidence.is_nan() {
             return Err(format!("`confidence` {} is outside 0..1", self.confidence));

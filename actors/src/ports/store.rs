@@ -75,19 +75,20 @@ impl TaskState {
     }
 
     /// Whether the lifecycle allows going from `self` to `next`. A body may skip steps
-    /// (report `running` without `accepted`), but nothing moves backwards except a
-    /// redelivery, which puts an unacknowledged task back to `pending`.
+    /// (report `running` without `accepted`), but nothing moves backwards; a redelivery
+    /// leaves the state as it is.
     pub fn can_become(self, next: TaskState) -> bool {
         use TaskState::*;
-        match (self, next) {
-            (Pending, Dispatched | Cancelled) => true,
-            (Dispatched, Pending | Accepted | Running | Succeeded | Failed | Rejected | Cancelled) => {
-                true
-            }
-            (Accepted, Running | Succeeded | Failed | Cancelled) => true,
-            (Running, Succeeded | Failed | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Dispatched | Cancelled)
+                | (
+                    Dispatched,
+                    Accepted | Running | Succeeded | Failed | Rejected | Cancelled
+                )
+                | (Accepted, Running | Succeeded | Failed | Cancelled)
+                | (Running, Succeeded | Failed | Cancelled)
+        )
     }
 }
 
@@ -157,7 +158,12 @@ impl Task {
     pub const TOOL: &'static str = "do_physical_task";
 
     /// A new pending task.
-    pub fn new(id: String, arguments: PhysicalTask, source: TaskSource, plan: Option<PlanStep>) -> Self {
+    pub fn new(
+        id: String,
+        arguments: PhysicalTask,
+        source: TaskSource,
+        plan: Option<PlanStep>,
+    ) -> Self {
         let at_ms = now_ms();
         Task {
             id,
@@ -170,7 +176,11 @@ impl Task {
             updated_ms: at_ms,
             deliveries: 0,
             progress: None,
-            history: vec![TaskEvent { state: TaskState::Pending, at_ms, detail: None }],
+            history: vec![TaskEvent {
+                state: TaskState::Pending,
+                at_ms,
+                detail: None,
+            }],
         }
     }
 
@@ -187,7 +197,11 @@ impl Task {
         let at_ms = now_ms();
         self.state = next;
         self.updated_ms = at_ms;
-        self.history.push(TaskEvent { state: next, at_ms, detail });
+        self.history.push(TaskEvent {
+            state: next,
+            at_ms,
+            detail,
+        });
         Ok(())
     }
 }
@@ -226,24 +240,36 @@ pub struct MemoryTaskStore {
 
 impl TaskStore for MemoryTaskStore {
     fn next_id(&self) -> Result<u64, StoreError> {
-        let mut guard = self.inner.lock().map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
         guard.0 += 1;
         Ok(guard.0)
     }
 
     fn put(&self, task: &Task) -> Result<(), StoreError> {
-        let mut guard = self.inner.lock().map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
         guard.1.insert(task.id.clone(), task.clone());
         Ok(())
     }
 
     fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let guard = self.inner.lock().map_err(|e| StoreError::Io(e.to_string()))?;
+        let guard = self
+            .inner
+            .lock()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
         Ok(guard.1.get(id).cloned())
     }
 
     fn list(&self) -> Result<Vec<Task>, StoreError> {
-        let guard = self.inner.lock().map_err(|e| StoreError::Io(e.to_string()))?;
+        let guard = self
+            .inner
+            .lock()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
         let mut tasks: Vec<Task> = guard.1.values().cloned().collect();
         tasks.sort_by_key(|t| t.created_ms);
         Ok(tasks)
@@ -270,7 +296,8 @@ mod tests {
         let mut task = Task::new("t-1".into(), args(), TaskSource::Api, None);
         task.transition(TaskState::Dispatched, None).unwrap();
         task.transition(TaskState::Accepted, None).unwrap();
-        task.transition(TaskState::Running, Some("on my way".into())).unwrap();
+        task.transition(TaskState::Running, Some("on my way".into()))
+            .unwrap();
         task.transition(TaskState::Succeeded, None).unwrap();
         let states: Vec<_> = task.history.iter().map(|e| e.state).collect();
         assert_eq!(
@@ -283,7 +310,10 @@ mod tests {
                 TaskState::Succeeded
             ]
         );
-        assert!(task.transition(TaskState::Running, None).is_err(), "terminal is final");
+        assert!(
+            task.transition(TaskState::Running, None).is_err(),
+            "terminal is final"
+        );
     }
 
     #[test]

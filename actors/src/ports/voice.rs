@@ -54,7 +54,10 @@ pub trait VoiceModel: Send + 'static {
     /// The user says `text` (typed rather than spoken).
     fn hear_text(&mut self, text: &str) -> Result<(), VoiceError> {
         let _ = text;
-        Err(VoiceError::Unsupported { backend: self.backend(), what: "typed text".into() })
+        Err(VoiceError::Unsupported {
+            backend: self.backend(),
+            what: "typed text".into(),
+        })
     }
 
     /// Consume one frame of user audio (`FRAME_SAMPLES` samples) and produce the agent's

@@ -129,6 +129,14 @@ pub fn open_device(kind: MoshiDevice) -> Result<Device, VoiceError> {
     }
 }
 
+fn device_name(kind: MoshiDevice) -> &'static str {
+    match kind {
+        MoshiDevice::Cpu => "cpu",
+        MoshiDevice::Cuda => "cuda",
+        MoshiDevice::Metal => "metal",
+    }
+}
+
 /// The LM's dtype: bf16 on CUDA and f32 elsewhere unless the config says otherwise.
 pub fn lm_dtype(device: &Device, choice: MoshiDtype) -> DType {
     match choice {
@@ -182,7 +190,7 @@ impl MoshiVoice {
         info!(
             dir = %dir.display(),
             lm = %voice.lm_file.display(),
-            device = ?settings.device,
+            device = device_name(settings.device),
             dtype = dtype_name(dtype),
             load_ms,
             warm_up_ms = warm.elapsed().as_millis() as u64,
@@ -391,7 +399,7 @@ impl VoiceModel for MoshiVoice {
             "checkpoint": self.checkpoint.display().to_string(),
             "lm_file": self.lm_file.file_name().map(|f| f.to_string_lossy().into_owned()),
             "quantized": self.pristine_lm.is_quantized(),
-            "device": format!("{:?}", self.sampling.device).to_lowercase(),
+            "device": device_name(self.sampling.device),
             "dtype": dtype_name(self.dtype),
             "steps": self.steps,
             "conversation_steps": self.conversation_steps,
@@ -566,6 +574,28 @@ mod tests {
             matches!(&err, VoiceError::Load { path, reason } if path.ends_with("model.q8.gguf") && reason.contains("gguf")),
             "{err}"
         );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_device_without_its_build_feature_is_refused_clearly() {
+        let (_dir, settings) = tiny(3_000);
+        let settings = MoshiSection {
+            device: MoshiDevice::Cuda,
+            ..settings
+        };
+        let err = MoshiVoice::load(&settings).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VoiceError::Unsupported {
+                    backend: "moshi",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--features cuda"), "{err}");
     }
 
     #[test]
