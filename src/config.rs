@@ -134,6 +134,8 @@ pub struct VoiceSection {
     pub backlog_frames: usize,
     /// User audio buffered ahead of the loop, in 80 ms frames.
     pub inbox_frames: usize,
+    /// Ask the OS for real-time scheduling of the loop's ticker and actor threads.
+    pub realtime_priority: bool,
     pub sim: SimSection,
     pub moshi: MoshiSection,
     pub remote: RemoteSection,
@@ -149,6 +151,7 @@ impl Default for VoiceSection {
             vad_hangover_frames: v.vad_hangover_frames,
             backlog_frames: v.backlog_frames,
             inbox_frames: 25,
+            realtime_priority: v.realtime_priority,
             sim: SimSection::default(),
             moshi: MoshiSection::default(),
             remote: RemoteSection::default(),
@@ -736,6 +739,7 @@ impl Config {
                 agent_speaking_dbfs: self.voice.agent_speaking_dbfs,
                 vad_hangover_frames: self.voice.vad_hangover_frames,
                 backlog_frames: self.voice.backlog_frames.max(1),
+                realtime_priority: self.voice.realtime_priority,
             },
             monologue: MonologueConfig {
                 pause: Duration::from_millis(self.monologue.pause_ms.max(1)),

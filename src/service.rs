@@ -84,6 +84,8 @@ fn start_local_audio(_: &BrainHandle) -> anyhow::Result<Box<dyn std::any::Any + 
 /// A running brain with its API on a socket.
 pub struct Service {
     brain: Arc<BrainHandle>,
+    /// What the API's handlers share (for figures only the server side measures).
+    state: AppState,
     /// The local microphone and speaker, when `[audio] device = true`; dropping stops them.
     _local_audio: Option<Box<dyn std::any::Any + Send>>,
     addr: SocketAddr,
@@ -115,11 +117,12 @@ impl Service {
             // The microphone already feeds the loop: a phone's audio would be mixed into it.
             state.reserve_audio("the local microphone");
         }
-        let server = tokio::spawn(server::serve(listener, state, async {
+        let server = tokio::spawn(server::serve(listener, state.clone(), async {
             let _ = stopped.await;
         }));
         Ok(Service {
             brain,
+            state,
             _local_audio: local_audio,
             addr,
             stop: Some(stop),
@@ -129,6 +132,11 @@ impl Service {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Voice loop -> face frame written to a phone's socket, per frame and socket.
+    pub fn face_latency(&self) -> &creature_actors::histogram::LatencyHistogram {
+        self.state.face_latency()
     }
 
     pub fn brain(&self) -> &Arc<BrainHandle> {

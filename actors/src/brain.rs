@@ -157,8 +157,8 @@ impl Slots {
     }
 }
 
-/// A single-threaded runtime on its own OS thread, home of the voice actor: the fast loop
-/// never queues behind slow-loop or HTTP work on the shared async workers.
+/// A single-threaded runtime on its own OS thread, home of the voice and face actors: the
+/// fast loop never queues behind slow-loop or HTTP work on the shared async workers.
 struct LoopRuntime {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -166,12 +166,16 @@ struct LoopRuntime {
 }
 
 impl LoopRuntime {
-    fn start() -> std::io::Result<LoopRuntime> {
+    fn start(realtime: bool, metrics: Arc<VoiceMetrics>) -> std::io::Result<LoopRuntime> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("voice-loop".into())
             .spawn(move || {
+                if realtime {
+                    let granted = crate::realtime::promote_current_thread("voice-loop");
+                    metrics.set_scheduling(|s| s.voice_loop = granted);
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -286,9 +290,13 @@ impl Brain {
                 r.get_id()
             }
             Child::Face => {
-                let (r, _) = Actor::spawn_linked(None, self.face.clone(), (), sup)
-                    .await
-                    .map_err(err)?;
+                // Beside the voice: a frame's stats reach every phone without waiting for
+                // the shared async workers.
+                let face = self.face.clone();
+                let spawned = self
+                    .voice_runtime
+                    .spawn(async move { Actor::spawn_linked(None, face, (), sup).await });
+                let (r, _) = spawned.await.map_err(|e| e.to_string())?.map_err(err)?;
                 r.get_id()
             }
         };
@@ -542,7 +550,9 @@ impl BrainHandle {
 
         let stats = Arc::new(ActorStats::new("brain"));
         let fatal = Arc::new(Mutex::new(None));
-        let voice_runtime = LoopRuntime::start().map_err(|e| BrainError::Worker(e.to_string()))?;
+        let voice_runtime =
+            LoopRuntime::start(config.voice.realtime_priority, Arc::clone(&metrics))
+                .map_err(|e| BrainError::Worker(e.to_string()))?;
         let brain = Brain {
             voice_runtime: voice_runtime.handle.clone(),
             voice: Voice {

@@ -19,7 +19,7 @@
 //! - [`face`]: merges mouth, affect and speaking into one message for every phone face.
 //! - [`slot`]: the restart-proof address every handle uses, and the per-actor counters.
 //! - [`clock`], [`histogram`], [`audio`]: tick deadlines, lock-free latency histograms, and
-//!   the bounded audio plumbing around the fast loop.
+//!   the bounded audio plumbing around the fast loop; [`realtime`]: its threads' priority.
 
 pub mod affect;
 pub mod audio;
@@ -31,6 +31,7 @@ pub mod histogram;
 pub mod intent;
 pub mod monologue;
 pub mod ports;
+pub mod realtime;
 pub mod reasoner;
 pub mod rules;
 pub mod slot;

@@ -24,6 +24,7 @@ use crate::clock::TickClock;
 use crate::face::FaceHandle;
 use crate::histogram::{LatencyHistogram, Percentiles};
 use crate::monologue::MonologueHandle;
+use crate::realtime::{Priority, promote_current_thread};
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::worker::{ModelWorker, StepDone, StepRequest};
 use crate::{CALL_TIMEOUT, FRAME_PERIOD, FRAME_SAMPLES};
@@ -65,6 +66,8 @@ pub struct VoiceConfig {
     pub vad_hangover_frames: u32,
     /// Most user frames that may wait for a busy model.
     pub backlog_frames: usize,
+    /// Ask the OS for real-time scheduling of the loop's threads (see [`crate::realtime`]).
+    pub realtime_priority: bool,
 }
 
 impl Default for VoiceConfig {
@@ -74,6 +77,7 @@ impl Default for VoiceConfig {
             agent_speaking_dbfs: -45.0,
             vad_hangover_frames: 3,
             backlog_frames: 3,
+            realtime_priority: true,
         }
     }
 }
@@ -111,6 +115,25 @@ pub struct VoiceMetrics {
     pub step_latency: LatencyHistogram,
     last_error: Mutex<Option<String>>,
     model_status: Mutex<serde_json::Value>,
+    /// What the OS granted the ticker and the loop threads.
+    scheduling: Mutex<Scheduling>,
+}
+
+/// The scheduling priority of the fast loop's two threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Scheduling {
+    pub ticker: Priority,
+    #[serde(rename = "loop")]
+    pub voice_loop: Priority,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Scheduling {
+            ticker: Priority::Normal,
+            voice_loop: Priority::Normal,
+        }
+    }
 }
 
 /// The voice loop as `/api/state` reports it.
@@ -139,6 +162,8 @@ pub struct VoiceReport {
     pub last_error: Option<String>,
     /// Backend-specific status (connection, context used, ...).
     pub model: serde_json::Value,
+    /// The scheduling priority the OS granted the loop's threads.
+    pub scheduling: Scheduling,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -149,6 +174,12 @@ pub struct RealTimeFactor {
 }
 
 impl VoiceMetrics {
+    pub(crate) fn set_scheduling(&self, update: impl FnOnce(&mut Scheduling)) {
+        if let Ok(mut s) = self.scheduling.lock() {
+            update(&mut s);
+        }
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
@@ -199,6 +230,7 @@ impl VoiceMetrics {
                 .lock()
                 .map(|s| s.clone())
                 .unwrap_or_default(),
+            scheduling: self.scheduling.lock().map(|s| *s).unwrap_or_default(),
         }
     }
 }
@@ -390,12 +422,17 @@ fn spawn_ticker(
     voice: ActorRef<VoiceMsg>,
     clock: TickClock,
     metrics: Arc<VoiceMetrics>,
+    realtime: bool,
 ) -> std::io::Result<Ticker> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     std::thread::Builder::new()
         .name("voice-ticker".into())
         .spawn(move || {
+            if realtime {
+                let granted = promote_current_thread("voice-ticker");
+                metrics.set_scheduling(|s| s.ticker = granted);
+            }
             let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
             let due = clock.due_at(Instant::now());
             let mut n = due.max(next_unfired);
@@ -591,7 +628,12 @@ impl Actor for Voice {
     ) -> Result<VoiceState, ActorProcessingErr> {
         // Registered before the first message is handled, so no step result can miss it.
         self.slot.set(myself.clone());
-        let ticker = spawn_ticker(myself, self.clock, Arc::clone(&self.metrics))?;
+        let ticker = spawn_ticker(
+            myself,
+            self.clock,
+            Arc::clone(&self.metrics),
+            self.config.realtime_priority,
+        )?;
         let hang = self.config.vad_hangover_frames;
         Ok(VoiceState {
             _ticker: ticker,

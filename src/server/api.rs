@@ -58,6 +58,7 @@ pub(super) async fn state(State(state): State<AppState>) -> Result<Response, Api
             "fallbacks": reasoner["fallbacks"],
         },
         "face": {
+            "latency_ms": state.face_latency().percentiles(),
             "subscribers": brain.face.subscribers(),
             "sockets": state.inner.face_clients.load(Ordering::Relaxed),
         },

@@ -17,6 +17,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use creature_actors::BrainHandle;
 use tokio::net::TcpListener;
 
@@ -43,6 +44,8 @@ struct Shared {
     /// One audio session at a time: two microphones in one inbox would be noise.
     audio_busy: AtomicBool,
     body: Arc<body::BodyCounters>,
+    /// Voice loop emits a frame's stats -> its face frame is written to a phone's socket.
+    face_latency: creature_actors::histogram::LatencyHistogram,
 }
 
 impl AppState {
@@ -55,6 +58,7 @@ impl AppState {
                 face_clients: AtomicUsize::new(0),
                 audio_busy: AtomicBool::new(false),
                 body: Arc::default(),
+                face_latency: Default::default(),
             }),
         }
     }
@@ -65,6 +69,11 @@ impl AppState {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// How long face frames take from the voice loop to a phone's socket.
+    pub fn face_latency(&self) -> &creature_actors::histogram::LatencyHistogram {
+        &self.inner.face_latency
     }
 
     /// Keep `/ws/audio` closed because `who` already feeds the fast loop.
@@ -119,6 +128,13 @@ pub async fn serve<F>(listener: TcpListener, state: AppState, shutdown: F) -> st
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // Small, latency-sensitive messages (face frames, tool calls): no Nagle batching, which
+    // with delayed ACKs can hold a message back for 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

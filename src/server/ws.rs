@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use creature_actors::audio::{AgentFrame, AudioInbox};
 use creature_actors::face::FaceUpdate;
+use creature_actors::histogram::LatencyHistogram;
 use creature_actors::{FRAME_SAMPLES, SAMPLE_RATE};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
@@ -52,16 +53,18 @@ pub(super) async fn face(ws: WebSocketUpgrade, State(state): State<AppState>) ->
         .on_upgrade(move |socket| async move {
             let _seat = seat;
             let (sink, stream) = socket.split();
-            face_session(sink, stream, rx).await;
+            face_session(sink, stream, rx, state.face_latency()).await;
         })
 }
 
-/// Send every new face frame until the phone goes away. What the phone sends is read only
-/// to notice that it closed.
+/// Send every new face frame until the phone goes away, recording in `latency` how long
+/// each took from the voice loop to the socket. What the phone sends is read only to notice
+/// that it closed.
 pub async fn face_session<Si, St, E>(
     mut sink: Si,
     mut stream: St,
     mut rx: watch::Receiver<Arc<FaceUpdate>>,
+    latency: &LatencyHistogram,
 ) where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
@@ -76,9 +79,12 @@ pub async fn face_session<Si, St, E>(
                 if changed.is_err() {
                     break; // the brain is gone
                 }
-                let json = rx.borrow_and_update().json.clone();
-                if !send_text(&mut sink, &json).await {
+                let update = rx.borrow_and_update().clone();
+                if !send_text(&mut sink, &update.json).await {
                     break;
+                }
+                if let Some(at) = update.source_at {
+                    latency.record(at.elapsed());
                 }
             }
             incoming = stream.next() => match incoming {
