@@ -40,6 +40,9 @@ pub struct TickBenchArgs {
     /// CPU each plan burns, one plan at a time, so one core stays busy, in ms.
     #[arg(long, default_value_t = 40)]
     pub plan_cpu_ms: u64,
+    /// Leave the fast loop's threads at normal priority (to see what real-time buys).
+    #[arg(long)]
+    pub no_realtime: bool,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -212,6 +215,7 @@ pub async fn tick(args: TickBenchArgs) -> anyhow::Result<()> {
 
 pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let (data, mut config) = bench_config()?;
+    config.voice.realtime_priority = !args.no_realtime;
     config.server.max_face_clients = args.faces + 16;
     config.reasoner.max_in_flight = args.slow_plans.max(1);
     config.reasoner.queue_capacity = args.slow_plans.max(1) * 2;

@@ -96,18 +96,18 @@ struct ServeArgs {
     /// Voice backend (overrides voice.backend).
     #[arg(long, value_enum)]
     voice: Option<Backend>,
-    /// Moshi checkpoint directory (overrides voice.moshi.dir).
+    /// Moshi checkpoint directory (overrides voice.moshi.dir; implies `--voice moshi`).
     #[arg(long)]
     moshi_dir: Option<PathBuf>,
-    /// A Kyutai Moshi server's websocket for `--voice moshi-remote`, e.g.
-    /// ws://gpu-box:8998/api/chat (overrides voice.remote.url).
+    /// A Kyutai Moshi server's websocket, e.g. ws://gpu-box:8998/api/chat (overrides
+    /// voice.remote.url; implies `--voice moshi-remote`).
     #[arg(long, value_name = "URL")]
     moshi_url: Option<String>,
     /// Planner of the slow loop (overrides reasoner.planner).
     #[arg(long, value_enum)]
     planner: Option<PlannerKind>,
-    /// An OpenAI-compatible API base for `--planner llm`, e.g. http://127.0.0.1:8080/v1
-    /// (overrides reasoner.llm.base_url).
+    /// An OpenAI-compatible API base, e.g. http://127.0.0.1:8080/v1 (overrides
+    /// reasoner.llm.base_url; implies `--planner llm`).
     #[arg(long, value_name = "URL")]
     llm_url: Option<String>,
 }
@@ -186,7 +186,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    if let Some(voice) = args.voice {
+    // A checkpoint dir or a server URL says which backend is meant, unless --voice says
+    // otherwise; likewise an LLM URL means the LLM planner.
+    let implied = match (&args.moshi_dir, &args.moshi_url) {
+        (Some(_), None) => Some(Backend::Moshi),
+        (None, Some(_)) => Some(Backend::MoshiRemote),
+        _ => None,
+    };
+    if let Some(voice) = args.voice.or(implied) {
         config.voice.backend = voice;
     }
     if let Some(dir) = args.moshi_dir {
@@ -195,7 +202,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.moshi_url {
         config.voice.remote.url = url;
     }
-    if let Some(planner) = args.planner {
+    if let Some(planner) = args
+        .planner
+        .or(args.llm_url.as_ref().map(|_| PlannerKind::Llm))
+    {
         config.reasoner.planner = planner;
     }
     if let Some(url) = args.llm_url {

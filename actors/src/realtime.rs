@@ -75,3 +75,16 @@ pub fn demote_current_thread(what: &'static str) -> bool {
 
 /// Background level on the portable 0..99 scale (maps to a positive nice value).
 const BACKGROUND_LEVEL: u8 = 25;
+
+/// Raise the calling thread to the highest normal priority (nice -20), without real-time
+/// scheduling: for the service's async workers, which carry the face fan-out and the API
+/// and should win the CPU over bulk work, but must not lock out the rest of the machine.
+pub fn raise_current_thread(what: &'static str) -> Priority {
+    match set_current_thread_priority(ThreadPriority::Max) {
+        Ok(()) => Priority::Raised,
+        Err(e) => {
+            tracing::debug!(thread = what, cause = ?e, "cannot raise the thread priority");
+            Priority::Normal
+        }
+    }
+}
