@@ -699,3 +699,47 @@ async fn a_five_second_llm_never_stalls_the_voice_tick() {
     );
     brain.service.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_go_through_the_llm_to_the_body_and_come_back_done() {
+    let _turn = ONE_BRAIN_AT_A_TIME.lock().await;
+    let llm = FakeLlm::start(Mode::OneCall).await;
+    let brain = brain_with_llm(&llm, 5.0, |_| {}).await;
+    let body = tokio::spawn(creature::body_sim::run(creature::body_sim::BodySimArgs {
+        url: brain.ws_url("/ws/body"),
+        token: creature::config::DEV_BODY_TOKEN.into(),
+        failure_rate: 0.0,
+        speed: 10.0,
+        seed: 5,
+    }));
+    hear(&brain, "bring me the cup").await;
+    let done = eventually(
+        Duration::from_secs(15),
+        "the LLM's task to be done by the body",
+        || async {
+            tasks(&brain)
+                .await
+                .into_iter()
+                .find(|t| t["state"] == "succeeded")
+        },
+    )
+    .await;
+    assert_eq!(
+        done["arguments"]["utterance"], LLM_UTTERANCE,
+        "the LLM planned it"
+    );
+    assert_eq!(done["source"], "monologue");
+    let states: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["pending", "dispatched", "accepted", "running", "succeeded"]
+    );
+    assert_eq!(tasks(&brain).await.len(), 1, "one intent, one task");
+    body.abort();
+    brain.service.shutdown().await;
+}

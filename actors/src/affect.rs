@@ -377,3 +377,109 @@ impl Actor for Affect {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> (Affect, AffectState) {
+        let affect = Affect {
+            config: AffectConfig {
+                idle_after: Duration::from_secs(2),
+                glide: 0.5,
+            },
+            face: FaceHandle::new(Slot::new("face"), crate::face::face_outlet()),
+            slot: Slot::new("affect"),
+        };
+        let state = AffectState {
+            mood: Mood {
+                emotion: Emotion::Neutral,
+                valence: 0.0,
+                arousal: 0.0,
+            },
+            target: response(AffectEvent::LongIdle),
+            hold_until: 0,
+            tick: 0,
+            last_activity: 0,
+            idle: false,
+            user_active: false,
+            agent_speaking: false,
+            published: None,
+            events: 0,
+            recent: VecDeque::new(),
+        };
+        (affect, state)
+    }
+
+    fn frame(tick: u64, user: bool, agent: bool, barge_in: bool) -> FrameStats {
+        FrameStats {
+            tick,
+            agent_rms: 0.0,
+            user_rms: 0.0,
+            agent_speaking: agent,
+            user_active: user,
+            barge_in,
+            piece: None,
+            emitted_at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn outcomes_set_the_label_and_the_point_glides_towards_it() {
+        let (affect, mut st) = machine();
+        affect.apply(&mut st, AffectEvent::TaskSucceeded);
+        assert_eq!(st.mood.emotion, Emotion::Happy);
+        assert_eq!(st.mood.valence, 0.0, "the point has not moved yet");
+        let mut last = 0.0;
+        for t in 1..6 {
+            affect.on_frame(&mut st, &frame(t, false, false, false));
+            assert!(st.mood.valence > last, "valence rises step by step");
+            last = st.mood.valence;
+        }
+        assert!(
+            st.mood.valence > 0.8 && st.mood.valence <= 0.85,
+            "{}",
+            st.mood.valence
+        );
+        affect.apply(&mut st, AffectEvent::TaskFailed);
+        assert_eq!(st.mood.emotion, Emotion::Sad);
+    }
+
+    #[test]
+    fn a_weaker_event_does_not_override_a_held_stronger_one() {
+        let (affect, mut st) = machine();
+        affect.apply(&mut st, AffectEvent::TaskFailed);
+        affect.on_frame(&mut st, &frame(1, true, false, false)); // the user starts talking
+        assert_eq!(st.mood.emotion, Emotion::Sad, "sadness is held");
+        assert!(
+            st.recent
+                .iter()
+                .any(|r| r.event == AffectEvent::UserSpeaking && !r.applied)
+        );
+        // Once the hold runs out the face goes back to neutral.
+        let hold = ticks(response(AffectEvent::TaskFailed).hold);
+        for t in 2..hold + 3 {
+            affect.on_frame(&mut st, &frame(t, false, false, false));
+        }
+        assert_eq!(st.mood.emotion, Emotion::Neutral);
+    }
+
+    #[test]
+    fn speech_edges_barge_in_and_idling_are_events() {
+        let (affect, mut st) = machine();
+        affect.on_frame(&mut st, &frame(1, false, true, false));
+        assert_eq!(st.mood.emotion, Emotion::Happy, "speaking cheerfully");
+        affect.on_frame(&mut st, &frame(2, true, true, true));
+        assert_eq!(st.mood.emotion, Emotion::Surprise, "interrupted");
+        // Two seconds (25 frames) of silence: drowsy, low arousal.
+        for t in 3..40 {
+            affect.on_frame(&mut st, &frame(t, false, false, false));
+        }
+        assert!(st.idle);
+        assert!(st.mood.arousal < -0.4, "{}", st.mood.arousal);
+        // Someone talks: awake again.
+        affect.on_frame(&mut st, &frame(40, true, false, false));
+        assert!(!st.idle);
+        assert!(st.recent.iter().any(|r| r.event == AffectEvent::LongIdle));
+    }
+}

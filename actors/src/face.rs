@@ -333,6 +333,67 @@ impl Actor for Face {
 mod tests {
     use super::*;
 
+    fn face() -> (Face, FaceState) {
+        let outlet = face_outlet();
+        let face = Face {
+            config: FaceConfig::default(),
+            clock: TickClock::new(Instant::now(), crate::FRAME_PERIOD),
+            outlet,
+            slot: Slot::new("face"),
+        };
+        let state = FaceState {
+            seq: 0,
+            mouth: 0.0,
+            mood: Mood {
+                emotion: Emotion::Neutral,
+                valence: 0.0,
+                arousal: 0.0,
+            },
+            visemes: VecDeque::new(),
+            last: idle_frame(0, 0),
+            published: 0,
+        };
+        (face, state)
+    }
+
+    fn stats(rms: f32, piece: Option<&str>) -> FrameStats {
+        FrameStats {
+            tick: 1,
+            agent_rms: rms,
+            user_rms: 0.0,
+            agent_speaking: rms > 0.01,
+            user_active: false,
+            barge_in: false,
+            piece: piece.map(Arc::from),
+            emitted_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_mouth_opens_with_loudness_and_closes_smoothly() {
+        let (face, mut st) = face();
+        let mut rx = face.outlet.subscribe();
+        face.on_frame(&mut st, stats(0.0, None));
+        assert_eq!(rx.borrow_and_update().frame.mouth, 0.0, "silence: closed");
+        face.on_frame(&mut st, stats(0.3, Some(" hello")));
+        let open = rx.borrow_and_update().frame.clone();
+        assert!(open.mouth > 0.5 && open.mouth <= 1.0, "{}", open.mouth);
+        assert_ne!(open.viseme, Viseme::Rest);
+        assert!(open.speaking);
+        face.on_frame(&mut st, stats(10.0, None));
+        assert!(rx.borrow_and_update().frame.mouth <= 1.0, "clamped");
+        let mut last = 1.0;
+        for _ in 0..4 {
+            face.on_frame(&mut st, stats(0.0, None));
+            let m = rx.borrow_and_update().frame.mouth;
+            assert!(m < last && m >= 0.0, "closes gradually: {m}");
+            last = m;
+        }
+        let json: serde_json::Value = serde_json::from_str(&rx.borrow().json).unwrap();
+        assert_eq!(json["seq"], 7);
+        assert_eq!(json["emotion"], "neutral");
+    }
+
     #[test]
     fn visemes_follow_letters_and_merge_repeats() {
         assert_eq!(
