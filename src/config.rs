@@ -15,6 +15,8 @@ use creature_actors::tasks::TasksConfig;
 use creature_actors::voice::VoiceConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::voice::sim::SimConfig;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -136,7 +138,7 @@ pub struct VoiceSection {
     pub inbox_frames: usize,
     /// Ask the OS for real-time scheduling of the loop's ticker and actor threads.
     pub realtime_priority: bool,
-    pub sim: SimSection,
+    pub sim: SimConfig,
     pub moshi: MoshiSection,
     pub remote: RemoteSection,
 }
@@ -152,37 +154,9 @@ impl Default for VoiceSection {
             backlog_frames: v.backlog_frames,
             inbox_frames: 25,
             realtime_priority: v.realtime_priority,
-            sim: SimSection::default(),
+            sim: SimConfig::default(),
             moshi: MoshiSection::default(),
             remote: RemoteSection::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimSection {
-    pub words_per_second: f32,
-    pub reaction_ms: u64,
-    pub vad_threshold_dbfs: f32,
-    pub barge_in_margin_db: f32,
-    pub backchannel_after_ms: u64,
-    pub backchannel_every_ms: u64,
-    pub pitch_hz: f32,
-    pub seed: u64,
-}
-
-impl Default for SimSection {
-    fn default() -> Self {
-        SimSection {
-            words_per_second: 3.0,
-            reaction_ms: 160,
-            vad_threshold_dbfs: -42.0,
-            barge_in_margin_db: 6.0,
-            backchannel_after_ms: 2_500,
-            backchannel_every_ms: 4_000,
-            pitch_hz: 220.0,
-            seed: 7,
         }
     }
 }

@@ -219,6 +219,36 @@ pub struct AffectState {
 
 const RECENT: usize = 24;
 
+impl AffectState {
+    /// Neutral, calm, nothing held.
+    fn new() -> Self {
+        let rest = Response {
+            emotion: Emotion::Neutral,
+            valence: 0.0,
+            arousal: 0.0,
+            hold: Duration::ZERO,
+            priority: 0,
+        };
+        AffectState {
+            mood: Mood {
+                emotion: Emotion::Neutral,
+                valence: 0.0,
+                arousal: 0.0,
+            },
+            target: rest,
+            hold_until: 0,
+            tick: 0,
+            last_activity: 0,
+            idle: false,
+            user_active: false,
+            agent_speaking: false,
+            published: None,
+            events: 0,
+            recent: VecDeque::with_capacity(RECENT),
+        }
+    }
+}
+
 fn ticks(d: Duration) -> u64 {
     (d.as_millis() / FRAME_PERIOD.as_millis()) as u64
 }
@@ -316,29 +346,7 @@ impl Actor for Affect {
     ) -> Result<AffectState, ActorProcessingErr> {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
-        Ok(AffectState {
-            mood: Mood {
-                emotion: Emotion::Neutral,
-                valence: 0.0,
-                arousal: 0.0,
-            },
-            target: Response {
-                emotion: Emotion::Neutral,
-                valence: 0.0,
-                arousal: 0.0,
-                hold: Duration::ZERO,
-                priority: 0,
-            },
-            hold_until: 0,
-            tick: 0,
-            last_activity: 0,
-            idle: false,
-            user_active: false,
-            agent_speaking: false,
-            published: None,
-            events: 0,
-            recent: VecDeque::with_capacity(RECENT),
-        })
+        Ok(AffectState::new())
     }
 
     async fn handle(
@@ -391,23 +399,7 @@ mod tests {
             face: FaceHandle::new(Slot::new("face"), crate::face::face_outlet()),
             slot: Slot::new("affect"),
         };
-        let state = AffectState {
-            mood: Mood {
-                emotion: Emotion::Neutral,
-                valence: 0.0,
-                arousal: 0.0,
-            },
-            target: response(AffectEvent::LongIdle),
-            hold_until: 0,
-            tick: 0,
-            last_activity: 0,
-            idle: false,
-            user_active: false,
-            agent_speaking: false,
-            published: None,
-            events: 0,
-            recent: VecDeque::new(),
-        };
+        let state = AffectState::new();
         (affect, state)
     }
 

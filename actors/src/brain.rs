@@ -248,6 +248,24 @@ enum BrainMsg {
     Snapshot(RpcReplyPort<serde_json::Value>),
 }
 
+/// Start `actor` under `supervisor`, on `runtime` when given (else on the caller's).
+async fn spawn_linked<A: Actor<Arguments = ()>>(
+    actor: A,
+    supervisor: ractor::ActorCell,
+    runtime: Option<&tokio::runtime::Handle>,
+) -> Result<ActorId, String> {
+    let start = async move {
+        Actor::spawn_linked(None, actor, (), supervisor)
+            .await
+            .map(|(actor, _)| actor.get_id())
+            .map_err(|e| e.to_string())
+    };
+    match runtime {
+        Some(rt) => rt.spawn(start).await.map_err(|e| e.to_string())?,
+        None => start.await,
+    }
+}
+
 impl Brain {
     async fn spawn_child(
         &self,
@@ -255,50 +273,16 @@ impl Brain {
         myself: &ActorRef<BrainMsg>,
     ) -> Result<ActorId, String> {
         let sup = myself.get_cell();
-        let err = |e: ractor::SpawnErr| e.to_string();
+        // Voice and face live on the fast loop's own runtime: a frame's stats reach every
+        // phone without waiting for the shared async workers.
+        let fast = Some(&self.voice_runtime);
         let id = match child {
-            Child::Voice => {
-                let voice = self.voice.clone();
-                let spawned = self
-                    .voice_runtime
-                    .spawn(async move { Actor::spawn_linked(None, voice, (), sup).await });
-                let (r, _) = spawned.await.map_err(|e| e.to_string())?.map_err(err)?;
-                r.get_id()
-            }
-            Child::Monologue => {
-                let (r, _) = Actor::spawn_linked(None, self.monologue.clone(), (), sup)
-                    .await
-                    .map_err(err)?;
-                r.get_id()
-            }
-            Child::Reasoner => {
-                let (r, _) = Actor::spawn_linked(None, self.reasoner.clone(), (), sup)
-                    .await
-                    .map_err(err)?;
-                r.get_id()
-            }
-            Child::Tasks => {
-                let (r, _) = Actor::spawn_linked(None, self.tasks.clone(), (), sup)
-                    .await
-                    .map_err(err)?;
-                r.get_id()
-            }
-            Child::Affect => {
-                let (r, _) = Actor::spawn_linked(None, self.affect.clone(), (), sup)
-                    .await
-                    .map_err(err)?;
-                r.get_id()
-            }
-            Child::Face => {
-                // Beside the voice: a frame's stats reach every phone without waiting for
-                // the shared async workers.
-                let face = self.face.clone();
-                let spawned = self
-                    .voice_runtime
-                    .spawn(async move { Actor::spawn_linked(None, face, (), sup).await });
-                let (r, _) = spawned.await.map_err(|e| e.to_string())?.map_err(err)?;
-                r.get_id()
-            }
+            Child::Voice => spawn_linked(self.voice.clone(), sup, fast).await?,
+            Child::Monologue => spawn_linked(self.monologue.clone(), sup, None).await?,
+            Child::Reasoner => spawn_linked(self.reasoner.clone(), sup, None).await?,
+            Child::Tasks => spawn_linked(self.tasks.clone(), sup, None).await?,
+            Child::Affect => spawn_linked(self.affect.clone(), sup, None).await?,
+            Child::Face => spawn_linked(self.face.clone(), sup, fast).await?,
         };
         self.slots.stats(child).set_status(ActorStatus::Running);
         Ok(id)

@@ -84,9 +84,11 @@ const FILLERS: &[&str] = &[
 
 const NEGATIONS: &[&str] = &["not", "never", "don't", "won't", "can't", "cannot", "no"];
 
-const RECIPIENTS: &[&str] = &["me", "you", "him", "her", "us", "them"];
+/// Who a thing can be brought to ("bring *me* the cup").
+pub const RECIPIENTS: &[&str] = &["me", "you", "him", "her", "us", "them"];
 
-const DETERMINERS: &[&str] = &[
+/// Words that open a noun phrase.
+pub const DETERMINERS: &[&str] = &[
     "the", "a", "an", "your", "my", "this", "that", "these", "those", "some", "his", "her", "our",
     "their", "its",
 ];
@@ -101,8 +103,9 @@ const NP_STOPS: &[&str] = &[
     "off", "out", "by", "beside", "behind", "near", "inside", "onto",
 ];
 
-/// Prepositions that introduce where the thing should go.
-const DESTINATION_PREPS: &[&[&str]] = &[
+/// Prepositions that introduce where the thing should go; the ones of several words first,
+/// so "next to" wins over "to".
+pub const DESTINATION_PREPS: &[&[&str]] = &[
     &["next", "to"],
     &["on", "top", "of"],
     &["over", "to"],

@@ -415,9 +415,9 @@ impl Drop for Ticker {
 /// millisecond. A wake-up so late that whole periods passed skips those ticks and counts
 /// them as missed, so the loop never bursts to catch up.
 ///
-/// A new incarnation (after a restart) continues the grid where the last one stopped: if
-/// the most recent deadline has not been ticked yet, it fires at once, late, rather than
-/// leaving a hole of a whole period.
+/// The first incarnation starts at the next deadline. A new incarnation (after a restart)
+/// continues the grid where the last one stopped: if the most recent deadline has not been
+/// ticked yet, it fires at once, late, rather than leaving a hole of a whole period.
 fn spawn_ticker(
     voice: ActorRef<VoiceMsg>,
     clock: TickClock,
@@ -434,13 +434,20 @@ fn spawn_ticker(
                 metrics.set_scheduling(|s| s.ticker = granted);
             }
             let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
-            let due = clock.due_at(Instant::now());
-            let mut n = due.max(next_unfired);
-            if next_unfired > 0 && due > next_unfired {
-                metrics
-                    .missed_ticks
-                    .fetch_add(due - next_unfired, Ordering::Relaxed);
-            }
+            let now = Instant::now();
+            let mut n = if next_unfired == 0 {
+                // The very first incarnation: the grid starts at the next deadline (the
+                // brain's other actors took a moment to start).
+                clock.next_at(now)
+            } else {
+                let due = clock.due_at(now);
+                if due > next_unfired {
+                    metrics
+                        .missed_ticks
+                        .fetch_add(due - next_unfired, Ordering::Relaxed);
+                }
+                due.max(next_unfired)
+            };
             loop {
                 let wait = clock.deadline(n).saturating_duration_since(Instant::now());
                 if !wait.is_zero() {

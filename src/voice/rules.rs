@@ -133,34 +133,6 @@ const GLAD_WORDS: &[&str] = &[
     "joyful",
 ];
 
-/// Determiners and recipients as `intent` reads them.
-const DETERMINERS: &[&str] = &[
-    "the", "a", "an", "your", "my", "this", "that", "these", "those", "some", "his", "her", "our",
-    "their", "its",
-];
-const RECIPIENTS: &[&str] = &["me", "you", "him", "her", "us", "them"];
-
-/// Prepositions that can open a destination, longest first so "next to" beats "to".
-const DESTINATION_PREPS: &[&[&str]] = &[
-    &["on", "top", "of"],
-    &["next", "to"],
-    &["over", "to"],
-    &["back", "to"],
-    &["back", "on"],
-    &["back", "in"],
-    &["onto"],
-    &["into"],
-    &["inside"],
-    &["under"],
-    &["beside"],
-    &["behind"],
-    &["near"],
-    &["to"],
-    &["on"],
-    &["in"],
-    &["by"],
-];
-
 /// Most comma-separated clauses tried per sentence when looking for a task, so a 500-char
 /// string of commas stays cheap.
 const MAX_CLAUSES: usize = 16;
@@ -276,16 +248,16 @@ fn phrasing(task: &ParsedTask, words: &[String]) -> Phrasing {
     match (before(at), before(at.saturating_sub(1))) {
         // "bring me my keys"
         (Some(det), Some(rcp))
-            if gives && DETERMINERS.contains(&det) && RECIPIENTS.contains(&rcp) =>
+            if gives && intent::DETERMINERS.contains(&det) && intent::RECIPIENTS.contains(&rcp) =>
         {
             found.object_determiner = Some(det.to_string());
             found.recipient = Some(rcp.to_string());
         }
         // "give her cup" reads as a recipient, exactly as `intent` reads it.
-        (Some(rcp), _) if gives && RECIPIENTS.contains(&rcp) => {
+        (Some(rcp), _) if gives && intent::RECIPIENTS.contains(&rcp) => {
             found.recipient = Some(rcp.to_string())
         }
-        (Some(det), _) if DETERMINERS.contains(&det) => {
+        (Some(det), _) if intent::DETERMINERS.contains(&det) => {
             found.object_determiner = Some(det.to_string())
         }
         _ => {}
@@ -297,11 +269,11 @@ fn phrasing(task: &ParsedTask, words: &[String]) -> Phrasing {
     let Some(mut d) = find(words, &destination, at + object.len()) else {
         return found;
     };
-    if let Some(det) = before(d).filter(|det| DETERMINERS.contains(det)) {
+    if let Some(det) = before(d).filter(|det| intent::DETERMINERS.contains(det)) {
         found.destination_determiner = Some(det.to_string());
         d -= 1;
     }
-    found.preposition = DESTINATION_PREPS
+    found.preposition = intent::DESTINATION_PREPS
         .iter()
         .find(|prep| {
             d >= prep.len()

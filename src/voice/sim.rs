@@ -50,8 +50,9 @@ const ECHO_FRAMES: usize = 2;
 /// dBFS of a silent frame as [`dbfs`] reports it.
 const SILENCE_DBFS: f32 = -120.0;
 
-/// How the simulator behaves; the service builds it from `[voice.sim]` in its config.
-#[derive(Debug, Clone, PartialEq)]
+/// How the simulator behaves: `[voice.sim]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SimConfig {
     /// Average speaking pace; longer words take longer. Clamped to 0.2..=20.
     pub words_per_second: f32,
