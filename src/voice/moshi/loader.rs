@@ -6,7 +6,7 @@
 //! | `model.safetensors` or `model.q8.gguf` | the multistream LM (RQ-Transformer) |
 //! | `tokenizer-e351c8d8-checkpoint125.safetensors` | Mimi, the audio codec |
 //! | `tokenizer_spm_32k_3.model` | the SentencePiece text vocabulary |
-//! | `config.json` (optional) | `{"lm": <moshi lm::Config>, "mimi": <MimiConfig>}` |
+//! | `config.json` (optional) | `{"lm": <moshi lm::Config>, "mimi": <MimiConfig>}`, or Kyutai's own format for the v0.1 sizes |
 //!
 //! Without `config.json` (or without one of its two keys) the published Moshi v0.1 sizes
 //! apply: `lm::Config::v0_1_streaming(8)` and `mimi::Config::v0_1(Some(8))`.
@@ -283,7 +283,12 @@ impl Architecture {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Architecture::v0_1()),
             Err(e) => return Err(load_error(&path, format!("cannot read: {e}"))),
         };
-        let file: ConfigFile = serde_json::from_str(&text)
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| load_error(&path, format!("not valid JSON: {e}")))?;
+        if value.get("lm").is_none() && value.get("mimi").is_none() && value.get("dim").is_some() {
+            return kyutai_config(&path, &value);
+        }
+        let file: ConfigFile = serde_json::from_value(value)
             .map_err(|e| load_error(&path, format!("not a valid config: {e}")))?;
         let v0_1 = Architecture::v0_1();
         let arch = Architecture {
@@ -319,6 +324,44 @@ impl Architecture {
             text_start_token: (self.lm.text_in_vocab_size - 1) as u32,
         }
     }
+}
+
+/// A `config.json` in Kyutai's own (Python) format, as some of their checkpoint
+/// directories carry. Its keys are not this loader's; the published v0.1 model is
+/// recognised by its sizes and loaded with them, anything else is refused with the reason.
+fn kyutai_config(path: &Path, value: &serde_json::Value) -> Result<Architecture, VoiceError> {
+    let number = |key: &str| value.get(key).and_then(serde_json::Value::as_u64);
+    let v0_1 = [
+        ("dim", 4096),
+        ("num_layers", 32),
+        ("text_card", 32_000),
+        ("card", 2048),
+    ];
+    let differs: Vec<String> = v0_1
+        .iter()
+        .filter_map(|(key, want)| match number(key) {
+            Some(got) if got == *want => None,
+            got => Some(format!(
+                "{key} {}",
+                got.map_or("missing".into(), |g| g.to_string())
+            )),
+        })
+        .collect();
+    if differs.is_empty() {
+        tracing::info!(path = %path.display(), "Kyutai-format config.json describes Moshi v0.1; using those sizes");
+        return Ok(Architecture {
+            source: "Kyutai's config.json (the Moshi v0.1 sizes)".into(),
+            ..Architecture::v0_1()
+        });
+    }
+    Err(load_error(
+        path,
+        format!(
+            "a config.json in Kyutai's own format for a model other than Moshi v0.1 ({}); \
+             describe it in this loader's format instead: {{\"lm\": <moshi lm::Config>, \"mimi\": {{...}}}}",
+            differs.join(", ")
+        ),
+    ))
 }
 
 /// Everything in a checkpoint directory, loaded on a device.
@@ -505,6 +548,27 @@ mod tests {
         assert_eq!(
             (g.text_pad_token, g.text_eop_token, g.audio_vocab_size),
             (3, 0, 2049)
+        );
+    }
+
+    #[test]
+    fn kyutais_own_config_json_for_v0_1_is_recognised_and_others_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let v0_1 = serde_json::json!({"dim": 4096, "num_layers": 32, "text_card": 32000, "card": 2048, "n_q": 16, "dep_q": 8, "num_heads": 32});
+        std::fs::write(&path, v0_1.to_string()).unwrap();
+        let arch = Architecture::load(dir.path()).unwrap();
+        assert!(arch.source.contains("Kyutai"), "{}", arch.source);
+        assert_eq!(arch.lm.transformer.d_model, 4096);
+        let other =
+            serde_json::json!({"dim": 2048, "num_layers": 16, "text_card": 48000, "card": 2048});
+        std::fs::write(&path, other.to_string()).unwrap();
+        let err = Architecture::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json")
+                && err.contains("dim 2048")
+                && err.contains("text_card 48000"),
+            "{err}"
         );
     }
 
