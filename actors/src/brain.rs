@@ -472,6 +472,8 @@ pub enum SnapshotError {
 /// The running brain: typed handles to every actor and the audio plumbing.
 pub struct BrainHandle {
     root: ActorRef<BrainMsg>,
+    /// The children's addresses and counters.
+    slots: Slots,
     /// Stops the voice loop's thread when the handle goes (after the actors have stopped).
     _voice_runtime: LoopRuntime,
     join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -580,7 +582,7 @@ impl BrainHandle {
                 outlet,
                 slot: slots.face.clone(),
             },
-            slots,
+            slots: slots.clone(),
             config,
             stats: Arc::clone(&stats),
             fatal: Arc::clone(&fatal),
@@ -597,6 +599,7 @@ impl BrainHandle {
         };
         Ok(BrainHandle {
             root,
+            slots,
             _voice_runtime: voice_runtime,
             join: tokio::sync::Mutex::new(Some(join)),
             fatal,
@@ -622,14 +625,7 @@ impl BrainHandle {
     }
 
     fn child_stats(&self, child: Child) -> &Arc<ActorStats> {
-        match child {
-            Child::Voice => self.voice.stats(),
-            Child::Monologue => self.monologue.stats(),
-            Child::Reasoner => self.reasoner.stats(),
-            Child::Tasks => self.tasks.stats(),
-            Child::Affect => self.affect.stats(),
-            Child::Face => self.face.stats(),
-        }
+        self.slots.stats(child)
     }
 
     /// One actor's own state snapshot, by the name the API uses.
