@@ -115,12 +115,7 @@ async fn tool_calls_go_out_and_statuses_come_back_into_the_history() {
     })
     .await;
     assert_schema("task.schema.json", &task);
-    let history: Vec<&str> = task["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let history = common::history(&task);
     assert_eq!(
         history,
         ["pending", "dispatched", "accepted", "running", "succeeded"]
@@ -288,12 +283,7 @@ async fn body_sim_carries_out_what_the_creature_promised() {
         task["progress"]["fraction"], 0.75,
         "the last progress report before it finished"
     );
-    let states: Vec<&str> = task["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let states = common::history(&task);
     assert_eq!(
         states,
         ["pending", "dispatched", "accepted", "running", "succeeded"]

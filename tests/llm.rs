@@ -729,12 +729,7 @@ async fn words_go_through_the_llm_to_the_body_and_come_back_done() {
         "the LLM planned it"
     );
     assert_eq!(done["source"], "monologue");
-    let states: Vec<&str> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let states = common::history(&done);
     assert_eq!(
         states,
         ["pending", "dispatched", "accepted", "running", "succeeded"]

@@ -108,3 +108,16 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The states in a task's history, oldest first.
+pub fn history(task: &Value) -> Vec<String> {
+    task["history"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["state"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
