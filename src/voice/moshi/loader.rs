@@ -700,7 +700,7 @@ mod tests {
         };
         let dir = tiny();
         std::fs::write(dir.path().join(CONFIG_FILE), "{ not json").unwrap();
-        load_fails(dir.path(), CONFIG_FILE, "not a valid config");
+        load_fails(dir.path(), CONFIG_FILE, "not valid JSON");
         load_fails(
             edit(&|v| v["colour"] = 3.into()).path(),
             CONFIG_FILE,
