@@ -132,7 +132,9 @@ pub async fn run(args: BodySimArgs) -> anyhow::Result<()> {
     let memory: Memory = Arc::default();
     let draws = Arc::new(Mutex::new(Draws(args.seed)));
     // Reports outlive a connection: work goes on while the brain is away.
-    let (reports_tx, mut reports_rx) = mpsc::channel::<BodyReport>(1024);
+    // Unbounded, so no report is ever dropped: when the brain paces a fast body, reports
+    // wait here (a few per task) and leave at the pace it reads them.
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<BodyReport>();
     let mut work = JoinSet::new();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -165,8 +167,8 @@ async fn session(
     args: &BodySimArgs,
     memory: &Memory,
     draws: &Arc<Mutex<Draws>>,
-    reports_tx: &mpsc::Sender<BodyReport>,
-    reports_rx: &mut mpsc::Receiver<BodyReport>,
+    reports_tx: &mpsc::UnboundedSender<BodyReport>,
+    reports_rx: &mut mpsc::UnboundedReceiver<BodyReport>,
     work: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let mut request = args
@@ -206,13 +208,13 @@ async fn session(
                     Ok(FromBrain::Hello { session }) => say(&format!("connected to {} (session {session})", args.url)),
                     Ok(FromBrain::ToolCall { id, name, arguments }) => {
                         if name != "do_physical_task" {
-                            let _ = reports_tx.try_send(BodyReport { id, state: BodyState::Rejected, detail: Some(format!("unknown tool {name}")), progress: None });
+                            let _ = reports_tx.send(BodyReport { id, state: BodyState::Rejected, detail: Some(format!("unknown tool {name}")), progress: None });
                             continue;
                         }
                         let known = memory.lock().ok().and_then(|m| m.get(&id).cloned());
                         match known {
                             // Delivered again: say where we are with it; do not start over.
-                            Some(k) => { let _ = reports_tx.try_send(k.last); }
+                            Some(k) => { let _ = reports_tx.send(k.last); }
                             None => {
                                 let fails = draws.lock().map(|mut d| d.next() < args.failure_rate).unwrap_or(false);
                                 // Remembered before the work starts, so a quick second delivery
@@ -249,7 +251,7 @@ async fn carry_out(
     fails: bool,
     speed: f64,
     memory: Memory,
-    reports: mpsc::Sender<BodyReport>,
+    reports: mpsc::UnboundedSender<BodyReport>,
 ) {
     let scaled = |d: Duration| d.div_f64(speed);
     let report = |state: BodyState, detail: Option<String>, progress: Option<f32>| {
@@ -271,7 +273,7 @@ async fn carry_out(
             Err(_) => false,
         };
         if !cancelled {
-            let _ = reports.try_send(r);
+            let _ = reports.send(r);
         }
         cancelled
     };

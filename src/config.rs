@@ -608,7 +608,8 @@ pub struct BodySection {
     /// A task sent to the body and not acknowledged within this is sent again.
     pub redeliver_after_secs: f64,
     /// Messages a body may send per second (a burst of twice this is allowed); beyond that
-    /// they are refused with an error, and a body that keeps flooding is disconnected.
+    /// the brain reads them at this pace (none are dropped), and a body that stays over it
+    /// for ten seconds is disconnected.
     pub max_messages_per_sec: u32,
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -135,39 +135,60 @@ enum FromBody {
     },
 }
 
-/// A token bucket: `rate` messages a second, bursts of twice that.
+/// A token bucket over the body's messages: `rate` a second, bursts of twice that. A body
+/// past the rate is slowed, not dropped: the session stops reading its socket until the
+/// next token is due, so the body's own writes back up (TCP backpressure) and every report
+/// it sent still arrives, in order.
 struct RateLimit {
     rate: f64,
     tokens: f64,
+    /// When `tokens` was last brought up to date.
     last: Instant,
-    /// Messages refused since the last one let through.
-    refused_in_a_row: u64,
+    /// Messages in a row that had to wait for their token.
+    throttled_in_a_row: u64,
+}
+
+/// What the rate limit makes of one message.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    /// Within the rate: read on.
+    Free,
+    /// Past the rate: handle it, then read nothing more for this long.
+    Throttled(Duration),
+    /// Past the rate for ten seconds without a break: disconnect the body.
+    Flooding,
 }
 
 impl RateLimit {
-    fn new(rate: u32) -> Self {
+    fn new(rate: u32, now: Instant) -> Self {
         let rate = f64::from(rate.max(1));
         RateLimit {
             rate,
             tokens: 2.0 * rate,
-            last: Instant::now(),
-            refused_in_a_row: 0,
+            last: now,
+            throttled_in_a_row: 0,
         }
     }
 
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
-            .min(2.0 * self.rate);
-        self.last = now;
+    /// Account for one message read at `now`.
+    fn admit(&mut self, now: Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
+        self.last = self.last.max(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.refused_in_a_row = 0;
-            true
-        } else {
-            self.refused_in_a_row += 1;
-            false
+            self.throttled_in_a_row = 0;
+            return Admit::Free;
         }
+        self.throttled_in_a_row += 1;
+        if self.throttled_in_a_row as f64 > 10.0 * self.rate {
+            return Admit::Flooding;
+        }
+        // This message spends the token that is due next; nothing is read until then.
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        self.tokens = 0.0;
+        self.last += wait;
+        Admit::Throttled(wait)
     }
 }
 
@@ -200,7 +221,9 @@ pub(super) async fn body_session<Si, St, E>(
     if !send(&mut sink, hello.to_string()).await {
         return;
     }
-    let mut limit = RateLimit::new(rate);
+    let mut limit = RateLimit::new(rate, Instant::now());
+    // While set, the body has outrun the rate and its socket is not read until then.
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             command = commands.recv() => {
@@ -210,7 +233,10 @@ pub(super) async fn body_session<Si, St, E>(
                     break;
                 }
             }
-            incoming = stream.next() => {
+            () = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                paused_until = None;
+            }
+            incoming = stream.next(), if paused_until.is_none() => {
                 let text = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(text))) => text,
@@ -223,21 +249,23 @@ pub(super) async fn body_session<Si, St, E>(
                     }
                     Some(Ok(_)) => continue, // ping/pong
                 };
-                if !limit.allow() {
-                    counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    if limit.refused_in_a_row > u64::from(rate.max(1)) * 10 {
+                match limit.admit(Instant::now()) {
+                    Admit::Free => {}
+                    Admit::Throttled(wait) => {
+                        counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        paused_until = Some(tokio::time::Instant::now() + wait);
+                        // Say so once per burst: answering every message would double it.
+                        if limit.throttled_in_a_row == 1
+                            && !send(&mut sink, error_message("rate_limited", format!("more than {rate} messages a second; reading them at that rate (none are dropped)"), None)).await
+                        {
+                            break;
+                        }
+                    }
+                    Admit::Flooding => {
                         tracing::warn!(session, "body kept flooding; disconnecting it");
-                        let _ = send(&mut sink, error_message("flooding", "too many messages; disconnected".into(), None)).await;
+                        let _ = send(&mut sink, error_message("flooding", "over the message rate for ten seconds without a break; disconnected (unfinished tasks are sent again when you reconnect)".into(), None)).await;
                         break;
                     }
-                    // Answer the first refusal of a burst only: echoing every one would
-                    // double the flood.
-                    if limit.refused_in_a_row == 1
-                        && !send(&mut sink, error_message("rate_limited", format!("more than {rate} messages a second; messages are being dropped"), None)).await
-                    {
-                        break;
-                    }
-                    continue;
                 }
                 let reply = match serde_json::from_str::<FromBody>(&text) {
                     Err(e) => {
@@ -291,10 +319,48 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_limit_allows_a_burst_then_refuses() {
-        let mut limit = RateLimit::new(10);
-        let allowed = (0..100).filter(|_| limit.allow()).count();
-        assert!((20..=21).contains(&allowed), "{allowed}");
-        assert!(limit.refused_in_a_row > 0);
+    fn the_rate_limit_passes_a_burst_then_paces_and_never_drops() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10, t0);
+        // A burst of twice the rate goes straight through.
+        for _ in 0..20 {
+            assert_eq!(limit.admit(t0), Admit::Free);
+        }
+        // Then each message waits for its token: a tenth of a second apiece.
+        let mut now = t0;
+        for n in 1..=5 {
+            match limit.admit(now) {
+                Admit::Throttled(wait) => {
+                    assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+                    now += wait;
+                }
+                other => panic!("message {n}: {other:?}"),
+            }
+            assert_eq!(limit.throttled_in_a_row, n);
+        }
+        // A body that slows down to the rate is free again.
+        now += Duration::from_millis(150);
+        assert_eq!(limit.admit(now), Admit::Free);
+        assert_eq!(limit.throttled_in_a_row, 0);
+    }
+
+    #[test]
+    fn ten_seconds_over_the_rate_without_a_break_is_a_flood() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10, t0);
+        let mut now = t0;
+        let mut read = 0;
+        loop {
+            read += 1;
+            match limit.admit(now) {
+                Admit::Free => {}
+                Admit::Throttled(wait) => now += wait,
+                Admit::Flooding => break,
+            }
+            assert!(read < 1_000, "never called a flood");
+        }
+        // The burst, then 100 paced messages (ten seconds at 10/s), then the one too many.
+        assert_eq!(read, 20 + 100 + 1);
+        assert!((now - t0).as_secs_f64() > 9.9, "{:?}", now - t0);
     }
 }
