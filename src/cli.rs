@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{Backend, Config, PlannerKind};
+use crate::config::{Backend, Config, DEV_BODY_TOKEN, PlannerKind};
 use crate::service::Service;
 
 #[derive(Debug, Parser)]
@@ -211,13 +211,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.llm_url {
         config.reasoner.llm.base_url = url;
     }
+    let warning = open_door_warning(&config);
     let service = Service::start(config).await?;
     let addr = service.addr();
     tracing::info!(%addr, backend = service.brain().voice.backend(), "the creature is awake");
     eprintln!(
         "creature: listening on http://{addr}  (face: http://{addr}/face, inspector: http://{addr}/inspector)"
     );
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+        eprintln!("creature: warning: {warning}");
+    }
     service.run_until(shutdown_signal()).await
+}
+
+/// Served beyond this machine with the development body token, anyone on the network could
+/// attach as the body: say so, and how to fix it.
+fn open_door_warning(config: &Config) -> Option<String> {
+    (!config.server.addr.ip().is_loopback() && config.body.token == DEV_BODY_TOKEN).then(|| {
+        format!(
+            "serving on {} with the development body token: anything on the network can attach \
+             to /ws/body as the robot's body. Set your own `token` under [body] in the config.",
+            config.server.addr
+        )
+    })
 }
 
 /// Model compute off the async workers.
@@ -605,6 +622,20 @@ mod tests {
             ],
         );
         assert_eq!(t, "A          BB\nlong cell  x\ny          z");
+    }
+
+    #[test]
+    fn serving_the_network_with_the_dev_body_token_is_warned_about() {
+        let mut config = Config::default();
+        assert_eq!(open_door_warning(&config), None, "loopback is fine");
+        config.server.addr = "0.0.0.0:8080".parse().unwrap();
+        let warning = open_door_warning(&config).expect("a warning");
+        assert!(
+            warning.contains("0.0.0.0:8080") && warning.contains("[body]"),
+            "{warning}"
+        );
+        config.body.token = "a secret of our own".into();
+        assert_eq!(open_door_warning(&config), None, "a real token");
     }
 
     #[test]
