@@ -220,7 +220,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
-        eprintln!("creature: warning: {warning}");
     }
     service.run_until(shutdown_signal()).await
 }

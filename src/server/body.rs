@@ -142,7 +142,8 @@ enum FromBody {
 struct RateLimit {
     rate: f64,
     tokens: f64,
-    /// When `tokens` was last brought up to date.
+    /// When `tokens` was last brought up to date; while the body is over the rate, the
+    /// moment its next message is due, which is in the future.
     last: Instant,
     /// Messages in a row that had to wait for their token.
     throttled_in_a_row: u64,
@@ -153,8 +154,8 @@ struct RateLimit {
 enum Admit {
     /// Within the rate: read on.
     Free,
-    /// Past the rate: handle it, then read nothing more for this long.
-    Throttled(Duration),
+    /// Past the rate: handle it, then read nothing more until `paused_until`.
+    Throttled,
     /// Past the rate for ten seconds without a break: disconnect the body.
     Flooding,
 }
@@ -185,10 +186,14 @@ impl RateLimit {
             return Admit::Flooding;
         }
         // This message spends the token that is due next; nothing is read until then.
-        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        self.last += Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
         self.tokens = 0.0;
-        self.last += wait;
-        Admit::Throttled(wait)
+        Admit::Throttled
+    }
+
+    /// While the body is over the rate: when its next message may be read.
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        (self.last > now).then_some(self.last)
     }
 }
 
@@ -222,9 +227,10 @@ pub(super) async fn body_session<Si, St, E>(
         return;
     }
     let mut limit = RateLimit::new(rate, Instant::now());
-    // While set, the body has outrun the rate and its socket is not read until then.
-    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
+        // Over the rate, the body's socket is not read until its next message is due.
+        let paused_until = limit.paused_until(Instant::now());
+        let resume = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now).into());
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break };
@@ -233,9 +239,7 @@ pub(super) async fn body_session<Si, St, E>(
                     break;
                 }
             }
-            () = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
-                paused_until = None;
-            }
+            () = resume, if paused_until.is_some() => {}
             incoming = stream.next(), if paused_until.is_none() => {
                 let text = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -251,9 +255,8 @@ pub(super) async fn body_session<Si, St, E>(
                 };
                 match limit.admit(Instant::now()) {
                     Admit::Free => {}
-                    Admit::Throttled(wait) => {
+                    Admit::Throttled => {
                         counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        paused_until = Some(tokio::time::Instant::now() + wait);
                         // Say so once per burst: answering every message would double it.
                         if limit.throttled_in_a_row == 1
                             && !send(&mut sink, error_message("rate_limited", format!("more than {rate} messages a second; reading them at that rate (none are dropped)"), None)).await
@@ -326,18 +329,21 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(limit.admit(t0), Admit::Free);
         }
+        assert_eq!(limit.paused_until(t0), None);
         // Then each message waits for its token: a tenth of a second apiece.
         let mut now = t0;
         for n in 1..=5 {
-            match limit.admit(now) {
-                Admit::Throttled(wait) => {
-                    assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
-                    now += wait;
-                }
-                other => panic!("message {n}: {other:?}"),
-            }
+            assert_eq!(limit.admit(now), Admit::Throttled, "message {n}");
+            let next = limit.paused_until(now).expect("paused");
+            assert!(
+                ((next - now).as_secs_f64() - 0.1).abs() < 1e-6,
+                "{:?}",
+                next - now
+            );
             assert_eq!(limit.throttled_in_a_row, n);
+            now = next;
         }
+        assert_eq!(limit.paused_until(now), None, "due now");
         // A body that slows down to the rate is free again.
         now += Duration::from_millis(150);
         assert_eq!(limit.admit(now), Admit::Free);
@@ -354,7 +360,7 @@ mod tests {
             read += 1;
             match limit.admit(now) {
                 Admit::Free => {}
-                Admit::Throttled(wait) => now += wait,
+                Admit::Throttled => now = limit.paused_until(now).expect("paused"),
                 Admit::Flooding => break,
             }
             assert!(read < 1_000, "never called a flood");
