@@ -3,6 +3,10 @@
 //! busy), 100 phone faces are connected over real websockets, and the `sim` voice talks.
 //! It reports tick jitter, model compute, loop overhead, overruns, and how long a face
 //! frame takes from the voice loop to a socket, and checks them against the budgets.
+//! Each tick's lateness is split into the host's part (the ticker's wake-up, with the
+//! host's steal time over the same window) and the brain's own (hand-off + loop), with the
+//! allocations per tick on the loop's threads beside it (in an `alloc-count` build).
+//! `--beside CMD` runs a neighbour (a build, busy loops) for the whole window.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +50,116 @@ pub struct TickBenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A neighbour to run (through `sh -c`) for the whole window, e.g.
+    /// `'nice -n 19 cargo build --release'`; its process group is killed at the end.
+    #[arg(long, value_name = "CMD")]
+    pub beside: Option<String>,
+    /// Serve as `serve --lan` does (HTTPS with the self-signed certificate, the access
+    /// token on) and connect the faces over TLS, to see what TLS costs per frame.
+    #[arg(long)]
+    pub lan: bool,
+}
+
+/// How the simulated faces reach a LAN-mode brain: TLS pinned to its certificate, and
+/// the access token as a bearer.
+#[derive(Clone)]
+struct FaceTls {
+    connector: tokio_rustls::TlsConnector,
+    token: Option<String>,
+}
+
+impl FaceTls {
+    fn for_service(service: &Service) -> anyhow::Result<Option<FaceTls>> {
+        let Some(cert) = service.cert_path() else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in crate::pairing::read_certs(cert)? {
+            roots.add(cert)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::pairing::crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(FaceTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            token: service.access_token().map(str::to_string),
+        }))
+    }
+}
+
+/// A face socket's byte stream, plain or TLS.
+trait FaceIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> FaceIo for T {}
+
+/// One face socket: plain, or over TLS with the token.
+async fn connect_face(
+    url: &str,
+    tls: Option<&FaceTls>,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Box<dyn FaceIo>>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    let host = request
+        .uri()
+        .host()
+        .context("a face URL without a host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let stream: Box<dyn FaceIo> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            if let Some(token) = &tls.token {
+                request
+                    .headers_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+            }
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            Box::new(tls.connector.connect(name, tcp).await?)
+        }
+    };
+    Ok(tokio_tungstenite::client_async(request, stream).await?.0)
+}
+
+/// A neighbour process for the length of the bench; killed with its process group on drop.
+struct Neighbour {
+    child: std::process::Child,
+}
+
+impl Neighbour {
+    fn start(cmd: &str) -> anyhow::Result<Neighbour> {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start the neighbour {cmd:?}"))?;
+        Ok(Neighbour { child })
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        // The whole group: `sh -c` and whatever it started (cargo, rustc, busy loops).
+        let group = format!("-{}", self.child.id());
+        for signal in ["-TERM", "-KILL"] {
+            let _ = std::process::Command::new("kill")
+                .args([signal, "--", group.as_str()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let _ = self.child.wait();
+    }
 }
 
 /// A planner that is slow twice over: it waits like a remote LLM, then computes on a CPU
@@ -121,6 +235,17 @@ pub struct TickBenchReport {
     pub interval_ms: Percentiles,
     pub compute_ms: Percentiles,
     pub overhead_ms: Percentiles,
+    /// Each tick's lateness in parts: the host's (wake) and the brain's own (hand-off +
+    /// loop).
+    pub lateness: creature_actors::voice::LatenessSplit,
+    /// CPU time the hypervisor stole during the window, all CPUs together (ms).
+    pub host_steal_ms: Option<f64>,
+    /// Allocations on the loop's threads during the window (null unless built with
+    /// `--features alloc-count`).
+    pub allocations: Option<creature_actors::realtime::LoopAllocations>,
+    pub allocations_per_tick: Option<f64>,
+    /// The neighbour that ran beside the bench, if any.
+    pub beside: Option<String>,
     /// Voice loop emits a frame's stats -> the face message is written to a phone's socket
     /// (measured by the server, per frame and socket).
     pub face_written_ms: Percentiles,
@@ -149,6 +274,7 @@ fn run_face_clients(
     url: String,
     n: usize,
     stop: Arc<AtomicBool>,
+    tls: Option<FaceTls>,
 ) -> std::thread::JoinHandle<Vec<Arrivals>> {
     // The phones get their own runtime thread, as separate devices would be separate
     // processes: they compete for the CPU, not for the brain's async workers.
@@ -168,11 +294,15 @@ fn run_face_clients(
             for _ in 0..n {
                 let url = url.clone();
                 let stop = Arc::clone(&stop);
+                let tls = tls.clone();
                 clients.push(tokio::spawn(async move {
                     let mut seen = Vec::with_capacity(1024);
-                    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await
-                    else {
-                        return seen;
+                    let mut socket = match connect_face(&url, tls.as_ref()).await {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            tracing::warn!(cause = %e, "bench: a face could not connect");
+                            return seen;
+                        }
                     };
                     while !stop.load(Ordering::Relaxed) {
                         let next =
@@ -217,6 +347,9 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let (data, mut config) = bench_config()?;
     config.voice.realtime_priority = !args.no_realtime;
     config.server.max_face_clients = args.faces + 16;
+    // Every simulated face comes from this machine: past the per-address cap the oldest
+    // would be closed to seat the next.
+    config.server.max_face_clients_per_addr = args.faces + 16;
     config.reasoner.max_in_flight = args.slow_plans.max(1);
     config.reasoner.queue_capacity = args.slow_plans.max(1) * 2;
     let planner = LoadPlanner::new(
@@ -225,18 +358,36 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     )?;
     let model = voice::build(&config)?;
     let brain = start_brain_with(&config, model, Some(Arc::new(planner))).await?;
-    let service = Service::serve(config, Arc::clone(&brain)).await?;
+    let service = if args.lan {
+        config.server.lan = true;
+        // LAN mode as served, but reached on loopback.
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Service::serve_on(config, Arc::clone(&brain), bind).await?
+    } else {
+        Service::serve(config, Arc::clone(&brain)).await?
+    };
     let addr = service.addr();
+    let face_tls = FaceTls::for_service(&service)?;
+    let ws_scheme = if face_tls.is_some() { "wss" } else { "ws" };
     eprintln!(
-        "bench: brain on {addr}; connecting {} faces, saturating the slow loop...",
-        args.faces
+        "bench: brain on {addr}; connecting {} faces{}, saturating the slow loop...",
+        args.faces,
+        if face_tls.is_some() { " over TLS" } else { "" }
     );
 
+    let neighbour = match &args.beside {
+        Some(cmd) => {
+            eprintln!("bench: running beside {cmd:?}");
+            Some(Neighbour::start(cmd)?)
+        }
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let clients = run_face_clients(
-        format!("ws://{addr}/ws/face"),
+        format!("{ws_scheme}://{addr}/ws/face"),
         args.faces,
         Arc::clone(&stop),
+        face_tls,
     );
 
     // Record when each face frame left the voice loop, by sequence number.
@@ -320,6 +471,14 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         m.compute.snapshot(),
         m.overhead.snapshot(),
     );
+    let split_before = [
+        m.wake.snapshot(),
+        m.handoff.snapshot(),
+        m.tick_work.snapshot(),
+        m.own.snapshot(),
+    ];
+    let steal0 = creature_actors::realtime::host_steal();
+    let allocs0 = creature_actors::realtime::loop_allocations();
     let face_before = service.face_latency().snapshot();
     let counters = |m: &creature_actors::voice::VoiceMetrics| {
         (
@@ -352,6 +511,14 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         m.compute.snapshot(),
         m.overhead.snapshot(),
     );
+    let split_after = [
+        m.wake.snapshot(),
+        m.handoff.snapshot(),
+        m.tick_work.snapshot(),
+        m.own.snapshot(),
+    ];
+    let steal1 = creature_actors::realtime::host_steal();
+    let allocs1 = creature_actors::realtime::loop_allocations();
     let face_written = service
         .face_latency()
         .snapshot()
@@ -365,6 +532,7 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let arrivals = tokio::task::spawn_blocking(move || clients.join().unwrap_or_default()).await?;
     let _ = recorder.await;
     let _ = feeder.await;
+    drop(neighbour);
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&data);
 
@@ -394,7 +562,27 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let overruns = c1.1 - c0.1;
     let missed = c1.2 - c0.2;
     let rate_min = rates.iter().copied().fold(f64::INFINITY, f64::min);
-    let budgets = vec![
+    let part = |i: usize| split_after[i].since(&split_before[i]).percentiles();
+    let lateness = creature_actors::voice::LatenessSplit {
+        wake_ms: part(0),
+        handoff_ms: part(1),
+        loop_ms: part(2),
+        own_ms: part(3),
+    };
+    let host_steal_ms = match (steal0, steal1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() * 1000.0),
+        _ => None,
+    };
+    let ticks = c1.0 - c0.0;
+    let allocations = allocs0.zip(allocs1).map(|(a, b)| b.since(&a));
+    let allocations_per_tick = allocations.map(|a| a.total() as f64 / ticks.max(1) as f64);
+    let mut budgets = vec![
+        Budget {
+            what: "own lateness (hand-off + loop) p99",
+            limit: "< 0.5 ms".into(),
+            measured: format!("{:.3} ms", lateness.own_ms.p99_ms),
+            pass: lateness.own_ms.p99_ms < 0.5,
+        },
         Budget {
             what: "tick jitter p99",
             limit: "< 2 ms".into(),
@@ -426,18 +614,31 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
             pass: rate_min >= 11.0,
         },
     ];
+    if let Some(per_tick) = allocations_per_tick {
+        budgets.push(Budget {
+            what: "allocations per tick, loop threads",
+            limit: "0".into(),
+            measured: format!("{per_tick:.2}"),
+            pass: per_tick == 0.0,
+        });
+    }
     Ok(TickBenchReport {
         seconds: elapsed,
         faces: args.faces,
         slow_plans: args.slow_plans,
         backend: brain.voice.backend(),
-        ticks: c1.0 - c0.0,
+        ticks,
         overruns,
         missed_ticks: missed,
         jitter_ms: jitter,
         interval_ms: after.1.since(&before.1).percentiles(),
         compute_ms: after.2.since(&before.2).percentiles(),
         overhead_ms: overhead,
+        lateness,
+        host_steal_ms,
+        allocations,
+        allocations_per_tick,
+        beside: args.beside.clone(),
         face_written_ms: face_written,
         face_received_ms: face_latency,
         face_msgs_per_sec_min: rate_min,
@@ -484,6 +685,29 @@ fn print_report(args: &TickBenchArgs, r: &TickBenchReport) {
     println!("tick interval     {}", p(&r.interval_ms));
     println!("model compute     {}", p(&r.compute_ms));
     println!("loop overhead     {}", p(&r.overhead_ms));
+    println!("lateness, host:");
+    println!("  wake-up         {}", p(&r.lateness.wake_ms));
+    match r.host_steal_ms {
+        Some(ms) => println!(
+            "  host steal      {ms:.0} ms in the window ({:.2} % of one CPU)",
+            ms / 10.0 / r.seconds.max(1e-9)
+        ),
+        None => println!("  host steal      unknown (no /proc/stat)"),
+    }
+    println!("lateness, own:");
+    println!("  hand-off        {}", p(&r.lateness.handoff_ms));
+    println!("  loop            {}", p(&r.lateness.loop_ms));
+    println!("  hand-off + loop {}", p(&r.lateness.own_ms));
+    match (&r.allocations, r.allocations_per_tick) {
+        (Some(a), Some(per_tick)) => println!(
+            "allocations       {per_tick:.2} per tick (ticker {}, loop {}, model {})",
+            a.ticker, a.voice_loop, a.model
+        ),
+        _ => println!("allocations       not counted (build with --features alloc-count)"),
+    }
+    if let Some(cmd) = &r.beside {
+        println!("beside            {cmd}");
+    }
     println!(
         "frame -> socket   {}  ({} writes)",
         p(&r.face_written_ms),

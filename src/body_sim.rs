@@ -116,7 +116,8 @@ type Memory = Arc<Mutex<HashMap<String, Known>>>;
 
 #[allow(clippy::print_stdout)]
 fn say(line: &str) {
-    println!("body-sim: {line}");
+    // Task objects and error details come from the network: escaped, one line each.
+    println!("body-sim: {}", creature_actors::text::printable(line));
 }
 
 /// Run until interrupted, reconnecting whenever the brain is away.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use creature_actors::text::printable;
 use serde_json::Value;
 
 use crate::config::{Backend, Config, DEV_BODY_TOKEN, PlannerKind};
@@ -36,8 +37,17 @@ enum Command {
     Actors(ClientArgs),
     /// Show the state of a running brain: the voice loop, affect, tasks.
     State(ClientArgs),
-    /// List the tasks of a running brain.
-    Tasks(ClientArgs),
+    /// List the tasks of a running brain, newest first.
+    Tasks {
+        /// How many of the newest tasks to show (at most 500).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only tasks in these states, e.g. `pending,running`, or `unfinished`.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Ask a running brain to do a physical task, e.g. `creature task "bring me the cup"`.
     Task {
         utterance: String,
@@ -50,12 +60,26 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Cancel a task of a running brain (the body is told to stop).
+    /// Cancel a task of a running brain (the body is told to stop), or with `--all` every
+    /// unfinished one.
     Cancel {
-        id: String,
+        /// The task to cancel.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Cancel every unfinished task (narrowed by `--state` and `--source`).
+        #[arg(long)]
+        all: bool,
+        /// With `--all`: only tasks in these states, e.g. `pending` or `pending,dispatched`.
+        #[arg(long, requires = "all")]
+        state: Option<String>,
+        /// With `--all`: only tasks from this source (`api` or `monologue`).
+        #[arg(long, requires = "all")]
+        source: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the phone link and its QR code for a running brain (`serve --lan`).
+    Pair(ClientArgs),
     /// A reference robot body: connects to a brain's /ws/body and carries out its tasks.
     BodySim(crate::body_sim::BodySimArgs),
     /// Run a benchmark.
@@ -110,6 +134,16 @@ struct ServeArgs {
     /// reasoner.llm.base_url; implies `--planner llm`).
     #[arg(long, value_name = "URL")]
     llm_url: Option<String>,
+    /// Serve the LAN (sets server.lan): every interface (or `--addr`), HTTPS with a
+    /// self-signed certificate kept in the data dir, the access token on every route.
+    #[arg(long)]
+    lan: bool,
+    /// Your own TLS certificate chain, PEM (overrides server.tls_cert; needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM (overrides server.tls_key).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +151,13 @@ struct ClientArgs {
     /// The running brain.
     #[arg(long, env = "CREATURE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The access token (else read from `<data-dir>/access-token`).
+    #[arg(long, env = "CREATURE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The brain's data dir: its access token, and for https URLs its certificate
+    /// (`tls/cert.pem`), which is trusted besides the system's roots.
+    #[arg(long, env = "CREATURE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,12 +197,29 @@ fn init_tracing(filter: &str) {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
-        Command::Actors(c) => actors(&Client::new(&c.url)?).await,
-        Command::State(c) => state(&Client::new(&c.url)?).await,
-        Command::Tasks(c) => tasks(&Client::new(&c.url)?).await,
-        Command::Task { utterance, client } => task(&Client::new(&client.url)?, &utterance).await,
-        Command::Hear { text, client } => hear(&Client::new(&client.url)?, &text).await,
-        Command::Cancel { id, client } => cancel(&Client::new(&client.url)?, &id).await,
+        Command::Actors(c) => actors(&Client::new(&c)?).await,
+        Command::State(c) => state(&Client::new(&c)?).await,
+        Command::Tasks {
+            limit,
+            state,
+            client,
+        } => tasks(&Client::new(&client)?, limit, state.as_deref()).await,
+        Command::Task { utterance, client } => task(&Client::new(&client)?, &utterance).await,
+        Command::Hear { text, client } => hear(&Client::new(&client)?, &text).await,
+        Command::Cancel {
+            id,
+            all,
+            state,
+            source,
+            client,
+        } => {
+            let which = match id {
+                Some(id) if !all => Cancel::One(id),
+                _ => Cancel::All { state, source },
+            };
+            cancel(&Client::new(&client)?, which).await
+        }
+        Command::Pair(c) => pair(&Client::new(&c)?).await,
         Command::BodySim(args) => crate::body_sim::run(args).await,
         Command::Bench(BenchCommand::Tick(args)) => crate::bench::tick(args).await,
         Command::Bench(BenchCommand::Intent(args)) => crate::bench::intent(args).await,
@@ -182,6 +240,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(addr) = args.addr {
         config.server.addr = addr;
+    }
+    if args.lan {
+        config.server.lan = true;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.server.tls_cert = Some(cert);
+        config.server.tls_key = Some(key);
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -212,16 +277,83 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.reasoner.llm.base_url = url;
     }
     let warning = open_door_warning(&config);
-    let service = Service::start(config).await?;
+    // `--lan --addr IP:PORT` listens on exactly that; `--lan` alone on every interface.
+    let bind = match args.addr {
+        Some(addr) => addr,
+        None => crate::service::bind_addr(&config.server),
+    };
+    let service = Service::start_on(config, bind).await?;
     let addr = service.addr();
     tracing::info!(%addr, backend = service.brain().voice.backend(), "the creature is awake");
-    eprintln!(
-        "creature: listening on http://{addr}  (face: http://{addr}/face, inspector: http://{addr}/inspector)"
-    );
+    eprint!("{}", banner(&service));
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
     service.run_until(shutdown_signal()).await
+}
+
+/// What `serve` prints on stderr: where it listens, the phone and inspector links, and
+/// (when a phone can reach it) the phone link as a QR code.
+fn banner(service: &Service) -> String {
+    let pairing = service.pairing();
+    let scheme = if service.cert_path().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let every = if service.addr().ip().is_unspecified() {
+        "  (every interface)"
+    } else {
+        ""
+    };
+    let mut out = format!(
+        "creature: listening on {scheme}://{}{every}\n",
+        service.addr()
+    );
+    out.push_str(&format!("  phone:     {}\n", pairing.url));
+    for other in pairing.urls.iter().skip(1) {
+        out.push_str(&format!("  also:      {other}\n"));
+    }
+    out.push_str(&format!("  inspector: {}\n", pairing.inspector));
+    if let Some(cert) = service.cert_path() {
+        out.push_str(&format!(
+            "  certificate: {} (self-signed: the phone asks once to trust it)\n",
+            cert.display()
+        ));
+    }
+    // A phone can use it: it listens beyond loopback, or over HTTPS (LAN mode).
+    if !service.addr().ip().is_loopback() || service.cert_path().is_some() {
+        match pairing.qr_terminal() {
+            Ok(qr) => {
+                out.push_str("  scan with the phone:\n");
+                out.push_str(&qr);
+            }
+            Err(e) => out.push_str(&format!("  (no QR code: {e})\n")),
+        }
+    }
+    out
+}
+
+/// `creature pair`: the phone link of a running brain, again, with its QR code.
+#[allow(clippy::print_stdout)]
+async fn pair(client: &Client) -> anyhow::Result<()> {
+    let info = client.get("/api/pair").await?;
+    let url = info["url"]
+        .as_str()
+        .context("the brain's /api/pair has no url")?;
+    let url = printable(url).into_owned();
+    println!("open on the phone: {url}");
+    for other in info["urls"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        if let Some(other) = other.as_str().filter(|o| *o != url) {
+            println!("               or: {}", printable(other));
+        }
+    }
+    print!("{}", crate::pairing::qr_terminal(&url)?);
+    Ok(())
 }
 
 /// Served beyond this machine with the development body token, anyone on the network could
@@ -294,19 +426,45 @@ async fn shutdown_signal() {
 }
 
 /// A small HTTP client for a running brain, with errors a person can act on.
+/// With the access token (`--token`, `CREATURE_TOKEN`, or `<data_dir>/access-token`) as a
+/// bearer, and for https the brain's own certificate (`<data_dir>/tls/cert.pem`) trusted
+/// besides the system's roots.
 struct Client {
     base: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(url: &str) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+    fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let base = args.url.trim_end_matches('/').to_string();
+        let token = match &args.token {
+            Some(token) => Some(token.trim().to_string()),
+            None => read_token_file(&args.data_dir)?,
+        };
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the access token has characters a header cannot carry")?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        let cert = args
+            .data_dir
+            .join(crate::pairing::TLS_DIR)
+            .join(crate::pairing::CERT_FILE);
+        if base.starts_with("https://") && cert.exists() {
+            let pem = std::fs::read(&cert).with_context(|| {
+                format!("cannot read the brain's certificate {}", cert.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", cert.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
         Ok(Client {
-            base: url.trim_end_matches('/').to_string(),
-            http,
+            base,
+            http: builder.build()?,
         })
     }
 
@@ -327,8 +485,8 @@ impl Client {
             .await
             .context("the brain answered with something that is not JSON")?;
         if !status.is_success() {
-            let error = body["error"].as_str().unwrap_or("error");
-            let detail = body["detail"].as_str().unwrap_or("");
+            let error = printable(body["error"].as_str().unwrap_or("error")).into_owned();
+            let detail = printable(body["detail"].as_str().unwrap_or("")).into_owned();
             bail!("{status}: {error}: {detail}");
         }
         Ok(body)
@@ -345,8 +503,26 @@ impl Client {
     }
 }
 
-/// Columns padded to their widest cell.
+/// The token kept by a brain in `data_dir`, if there is one.
+fn read_token_file(data_dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join(crate::server::TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(Some(token.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot read the access token {}", path.display()))
+        }
+    }
+}
+
+/// Columns padded to their widest cell. Every cell is [`printable`]: text from the network
+/// (an utterance, a task's object) cannot move the cursor, clear the screen or break lines.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -520,7 +696,7 @@ async fn state(client: &Client) -> anyhow::Result<()> {
     }
     println!("{}", table(&["", ""], &rows).trim_start());
     if let Some(err) = v["last_error"].as_str() {
-        println!("last voice error: {err}");
+        println!("last voice error: {}", printable(err));
     }
     Ok(())
 }
@@ -565,15 +741,47 @@ const TASK_HEADERS: [&str; 7] = [
     "UTTERANCE",
 ];
 
-#[allow(clippy::print_stdout)]
-async fn tasks(client: &Client) -> anyhow::Result<()> {
-    let list = client.get("/api/tasks").await?;
-    let rows: Vec<Vec<String>> = list
+/// The newest `limit` tasks (one page of `GET /api/tasks`), newest first; how many more
+/// there are goes to stderr, so stdout stays the table.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+async fn tasks(client: &Client, limit: usize, state: Option<&str>) -> anyhow::Result<()> {
+    let mut path = format!("/api/tasks?limit={limit}");
+    if let Some(state) = state {
+        path.push_str(&format!("&state={}", query_value(state)));
+    }
+    let page = client.get(&path).await?;
+    let rows: Vec<Vec<String>> = page["tasks"]
         .as_array()
         .map(|a| a.iter().map(task_row).collect())
         .unwrap_or_default();
     println!("{}", table(&TASK_HEADERS, &rows));
+    let total = page["total"].as_u64().unwrap_or(0);
+    if total > rows.len() as u64 {
+        eprintln!(
+            "{} of {total} tasks shown, newest first (--limit for more)",
+            rows.len()
+        );
+    }
     Ok(())
+}
+
+/// A query-string value: only what a state list needs passes, the rest is %-encoded.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b',' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What `creature cancel` cancels.
+enum Cancel {
+    One(String),
+    All {
+        state: Option<String>,
+        source: Option<String>,
+    },
 }
 
 #[allow(clippy::print_stdout)]
@@ -586,11 +794,40 @@ async fn task(client: &Client, utterance: &str) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::print_stdout)]
-async fn cancel(client: &Client, id: &str) -> anyhow::Result<()> {
-    let t = client
-        .post(&format!("/api/tasks/{id}/cancel"), serde_json::json!({}))
-        .await?;
-    println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
+async fn cancel(client: &Client, which: Cancel) -> anyhow::Result<()> {
+    match which {
+        Cancel::One(id) => {
+            let t = client
+                .post(
+                    &format!("/api/tasks/{}/cancel", query_value(&id)),
+                    serde_json::json!({}),
+                )
+                .await?;
+            println!("{}", table(&TASK_HEADERS, &[task_row(&t)]));
+        }
+        Cancel::All { state, source } => {
+            let mut body = serde_json::Map::new();
+            if let Some(state) = state {
+                let states: Vec<&str> = state.split(',').map(str::trim).collect();
+                body.insert("state".into(), serde_json::json!(states));
+            }
+            if let Some(source) = source {
+                body.insert("source".into(), Value::String(source));
+            }
+            let r = client
+                .post("/api/tasks/cancel", Value::Object(body))
+                .await?;
+            let ids: Vec<String> = r["cancelled"]
+                .as_array()
+                .map(|a| a.iter().map(|v| printable(&text(v)).into_owned()).collect())
+                .unwrap_or_default();
+            if ids.is_empty() {
+                println!("no unfinished tasks to cancel");
+            } else {
+                println!("cancelled {} tasks: {}", ids.len(), ids.join(" "));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -601,8 +838,8 @@ async fn hear(client: &Client, text: &str) -> anyhow::Result<()> {
         .await?;
     println!(
         "the creature ({}) heard: {}",
-        self::text(&r["backend"]),
-        self::text(&r["heard"])
+        printable(&self::text(&r["backend"])),
+        printable(&self::text(&r["heard"]))
     );
     Ok(())
 }
@@ -635,6 +872,33 @@ mod tests {
         );
         config.body.token = "a secret of our own".into();
         assert_eq!(open_door_warning(&config), None, "a real token");
+    }
+
+    #[test]
+    fn table_cells_from_the_network_are_escaped() {
+        let t = table(
+            &["ID", "OBJECT"],
+            &[
+                vec!["task-1".into(), "\u{0}\u{1b}[2J".into()],
+                vec!["task-2".into(), "a\nb\u{202e}".into()],
+            ],
+        );
+        assert!(
+            t.lines()
+                .all(|l| !l.chars().any(creature_actors::text::is_unsafe)),
+            "{t:?}"
+        );
+        assert!(
+            t.contains("\\u{0}\\u{1b}[2J") && t.contains("a\\u{a}b\\u{202e}"),
+            "{t}"
+        );
+        assert_eq!(t.lines().count(), 3, "{t}");
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(query_value("pending,running"), "pending,running");
+        assert_eq!(query_value("a b&c"), "a%20b%26c");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct Config {
     pub face: FaceSection,
     pub audio: AudioSection,
     pub body: BodySection,
+    pub tasks: TasksSection,
 }
 
 impl Default for Config {
@@ -60,6 +61,7 @@ impl Default for Config {
             face: FaceSection::default(),
             audio: AudioSection::default(),
             body: BodySection::default(),
+            tasks: TasksSection::default(),
         }
     }
 }
@@ -74,6 +76,36 @@ pub struct ServerConfig {
     pub max_face_clients: usize,
     /// Largest binary audio message accepted on /ws/audio.
     pub max_audio_message_bytes: usize,
+    /// Serve the LAN: all interfaces, HTTPS, and the access token on every route.
+    pub lan: bool,
+    /// Your own certificate chain (PEM); without it `lan` makes and keeps a self-signed one.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The access token; unset: generated on first start into `<data_dir>/access-token`.
+    pub token: Option<String>,
+    /// Ask for the token on loopback too (it is always asked for with `lan` or a
+    /// non-loopback address).
+    pub require_token: bool,
+    /// Host names the brain answers to besides its own addresses, localhost and the
+    /// certificate's names (a reverse proxy's name, say).
+    pub allowed_hosts: Vec<String>,
+    /// A client that has not sent its request headers within this is cut off.
+    pub header_read_timeout_secs: f64,
+    /// A client that has not sent its request body within this is cut off.
+    pub body_read_timeout_secs: f64,
+    /// Every websocket is pinged this often.
+    pub ws_ping_interval_secs: f64,
+    /// A websocket that sends nothing (not even a pong) for this long is closed.
+    pub ws_idle_timeout_secs: f64,
+    /// A websocket that takes longer than this to accept one message is closed.
+    pub ws_send_timeout_secs: f64,
+    /// Most face sockets from one remote address; past it the oldest of them is closed.
+    pub max_face_clients_per_addr: usize,
+    /// State-changing requests (POST) per second, per token and remote address.
+    pub rate_limit_per_sec: f64,
+    /// Burst allowed above `rate_limit_per_sec`.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +115,20 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024,
             max_face_clients: 256,
             max_audio_message_bytes: 48_000,
+            lan: false,
+            tls_cert: None,
+            tls_key: None,
+            token: None,
+            require_token: false,
+            allowed_hosts: Vec::new(),
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 10.0,
+            ws_ping_interval_secs: 10.0,
+            ws_idle_timeout_secs: 30.0,
+            ws_send_timeout_secs: 5.0,
+            max_face_clients_per_addr: 8,
+            rate_limit_per_sec: 5.0,
+            rate_limit_burst: 20,
         }
     }
 }
@@ -626,6 +672,26 @@ impl Default for BodySection {
     }
 }
 
+/// The task ledger's bounds (`[tasks]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksSection {
+    /// At most this many unfinished tasks at once; filing more is refused.
+    pub max_unfinished: usize,
+    /// Keep the newest this-many finished tasks; older finished ones are deleted.
+    pub retain_finished: usize,
+}
+
+impl Default for TasksSection {
+    fn default() -> Self {
+        let t = TasksConfig::default();
+        TasksSection {
+            max_unfinished: t.max_unfinished,
+            retain_finished: t.retain_finished,
+        }
+    }
+}
+
 fn secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
@@ -683,6 +749,12 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.tasks.max_unfinished == 0 {
+            return Err(ConfigError::Invalid {
+                key: "tasks.max_unfinished",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.reasoner.max_in_flight == 0 {
             return Err(ConfigError::Invalid {
                 key: "reasoner.max_in_flight",
@@ -726,6 +798,8 @@ impl Config {
             },
             tasks: TasksConfig {
                 redeliver_after: secs("body.redeliver_after_secs", self.body.redeliver_after_secs)?,
+                max_unfinished: self.tasks.max_unfinished,
+                retain_finished: self.tasks.retain_finished,
             },
             reasoner: ReasonerConfig {
                 max_in_flight: self.reasoner.max_in_flight,

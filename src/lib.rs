@@ -16,6 +16,7 @@
 //! - [`server`]: the axum router: JSON API, face and audio websockets, `/metrics`.
 //! - [`voice`]: voice backends behind the `VoiceModel` port (the embedded `sim`, ...).
 //! - [`store`]: the sled task ledger behind the `TaskStore` port.
+//! - [`pairing`]: LAN mode's TLS certificate, the phone URL and its QR code.
 //! - [`cli`]: `creature serve`, the client commands, and `creature bench`.
 //! - [`bench`]: the fast-loop benchmark.
 //! - [`body_sim`]: `creature body-sim`, a reference robot body for demos and tests.
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod body_sim;
 pub mod cli;
 pub mod config;
+pub mod pairing;
 pub mod planner_llm;
 pub mod schemas;
 pub mod server;

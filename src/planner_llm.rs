@@ -445,7 +445,7 @@ impl Planner for LlmPlanner {
             Err(failure) => failure,
         };
         let reason = failure.to_string();
-        tracing::warn!(reason = %reason, model = %self.settings.model, "LLM planner fell back to the rule planner");
+        tracing::warn!(reason = %creature_actors::text::printable(&reason), model = %self.settings.model, "LLM planner fell back to the rule planner");
         match self.rules.plan_now(&ctx) {
             Ok(outcome) => Ok(PlanOutcome {
                 fallback: Some(reason),

@@ -55,6 +55,14 @@ pub const SCHEMAS: &[(&str, &str)] = &[
         include_str!("../schemas/task.schema.json"),
     ),
     (
+        "task_cancel.schema.json",
+        include_str!("../schemas/task_cancel.schema.json"),
+    ),
+    (
+        "task_page.schema.json",
+        include_str!("../schemas/task_page.schema.json"),
+    ),
+    (
         "task_request.schema.json",
         include_str!("../schemas/task_request.schema.json"),
     ),

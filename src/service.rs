@@ -2,7 +2,8 @@
 //! the actor tree, and serve the API. `creature serve`, the benchmarks and the integration
 //! tests all start the service through here, so they run the same thing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,8 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, PlannerKind};
+use crate::config::{Config, PlannerKind, ServerConfig};
+use crate::pairing::{self, CertNames, Pairing, TlsFiles};
 use crate::planner_llm::LlmPlanner;
+use crate::server::names;
 use crate::server::{self, AppState};
 use crate::store::SledTaskStore;
 use crate::voice;
@@ -81,6 +84,44 @@ fn start_local_audio(_: &BrainHandle) -> anyhow::Result<Box<dyn std::any::Any + 
     )
 }
 
+/// Where to listen: `[server] addr`, except that LAN mode with the default loopback address
+/// listens on every interface (on the same port).
+pub fn bind_addr(server: &ServerConfig) -> SocketAddr {
+    if server.lan && server.addr.ip().is_loopback() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), server.addr.port())
+    } else {
+        server.addr
+    }
+}
+
+/// The certificate to serve: `[server] tls_cert`/`tls_key` when set (with or without LAN
+/// mode), else in LAN mode the self-signed one in `<data_dir>/tls/` (made or renewed for
+/// this machine's current names); none (plain HTTP) otherwise.
+fn tls_files(config: &Config) -> anyhow::Result<Option<TlsFiles>> {
+    let server = &config.server;
+    match (&server.tls_cert, &server.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            generated: false,
+        })),
+        (Some(_), None) => anyhow::bail!("[server] tls_cert is set without tls_key (--tls-key)"),
+        (None, Some(_)) => anyhow::bail!("[server] tls_key is set without tls_cert (--tls-cert)"),
+        (None, None) if server.lan => {
+            let names = CertNames::for_machine(&names::local_names(), &server.allowed_hosts);
+            let files =
+                pairing::ensure_self_signed(&config.data_dir, &names).with_context(|| {
+                    format!(
+                        "cannot keep a TLS certificate in {}",
+                        config.data_dir.join(pairing::TLS_DIR).display()
+                    )
+                })?;
+            Ok(Some(files))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// A running brain with its API on a socket.
 pub struct Service {
     brain: Arc<BrainHandle>,
@@ -89,6 +130,10 @@ pub struct Service {
     /// The local microphone and speaker, when `[audio] device = true`; dropping stops them.
     _local_audio: Option<Box<dyn std::any::Any + Send>>,
     addr: SocketAddr,
+    /// The certificate and key served, when serving HTTPS.
+    tls: Option<TlsFiles>,
+    /// The phone links `/api/pair` and the banner show.
+    pairing: Arc<Pairing>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -100,12 +145,36 @@ impl Service {
         Self::serve(config, brain).await
     }
 
-    /// Serve the API for an already started brain.
+    /// Start the brain and serve the API on `bind` (`serve --lan --addr`).
+    pub async fn start_on(config: Config, bind: SocketAddr) -> anyhow::Result<Service> {
+        let brain = start_brain(&config).await?;
+        Self::serve_on(config, brain, bind).await
+    }
+
+    /// Serve the API for an already started brain, on the address [`bind_addr`] picks.
     pub async fn serve(config: Config, brain: Arc<BrainHandle>) -> anyhow::Result<Service> {
-        let listener = TcpListener::bind(config.server.addr)
+        let bind = bind_addr(&config.server);
+        Self::serve_on(config, brain, bind).await
+    }
+
+    /// Serve the API for an already started brain on `bind` (`--lan --addr` given).
+    pub async fn serve_on(
+        mut config: Config,
+        brain: Arc<BrainHandle>,
+        bind: SocketAddr,
+    ) -> anyhow::Result<Service> {
+        // Certificate problems are the operator's to fix: say so before taking the port.
+        let tls = tls_files(&config)?;
+        let tls_config = match &tls {
+            Some(files) => Some(pairing::server_config(&files.cert, &files.key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(bind)
             .await
-            .with_context(|| format!("cannot listen on {}", config.server.addr))?;
+            .with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
+        // What the handlers and the Host allow-list see is where we really listen.
+        config.server.addr = addr;
         let local_audio = if config.audio.device {
             Some(start_local_audio(&brain)?)
         } else {
@@ -117,17 +186,63 @@ impl Service {
             // The microphone already feeds the loop: a phone's audio would be mixed into it.
             state.reserve_audio("the local microphone");
         }
-        let server = tokio::spawn(server::serve(listener, state.clone(), async {
-            let _ = stopped.await;
-        }));
+        let pairing = Arc::new(Pairing::new(
+            addr,
+            tls.is_some(),
+            &names::local_names(),
+            state.access_token(),
+        ));
+        let server = tokio::spawn(server::serve(
+            listener,
+            state.clone(),
+            tls_config,
+            Some(Arc::clone(&pairing)),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(Service {
             brain,
             state,
             _local_audio: local_audio,
             addr,
+            tls,
+            pairing,
             stop: Some(stop),
             server,
         })
+    }
+
+    /// The base URL that reaches the API from this machine, e.g. `https://127.0.0.1:8443`
+    /// (loopback when listening on all interfaces).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let ip = match self.addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv6() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// The certificate served over HTTPS (the one to trust or pin), if serving HTTPS.
+    pub fn cert_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|files| files.cert.as_path())
+    }
+
+    /// The TLS certificate and key served, and whether this start made them.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The phone links (with the token in the fragment when auth is on).
+    pub fn pairing(&self) -> &Pairing {
+        &self.pairing
+    }
+
+    /// The access token, when auth is on or one is configured.
+    pub fn access_token(&self) -> Option<&str> {
+        self.state.access_token()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -24,8 +24,13 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with(|_| {}).await
+}
+
+async fn api_with(tweak: impl FnOnce(&mut creature::config::Config)) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
     let brain = start_brain(&config).await.unwrap();
     let router = app(AppState::new(Arc::clone(&brain), config));
     Api {
@@ -154,13 +159,132 @@ async fn tasks_from_utterances_and_from_explicit_arguments() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(got, task);
-    let (s, all) = api.get("/api/tasks").await;
+    let (s, page) = api.get("/api/tasks").await;
     assert_eq!(s, 200);
-    let all = all.as_array().unwrap();
+    assert_schema("task_page.schema.json", &page);
+    let all = page["tasks"].as_array().unwrap();
     assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["id"], placed["id"], "newest first");
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["next_cursor"], Value::Null);
     for t in all {
         assert_schema("task.schema.json", t);
     }
+    api.brain.stop().await;
+}
+
+#[tokio::test]
+async fn the_ledger_pages_filters_and_cancels_in_bulk() {
+    // More POSTs than the rate limit's burst: this test is about the ledger.
+    let api = api_with(|c| c.server.rate_limit_per_sec = 0.0).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (s, t) = api
+            .post(
+                "/api/tasks",
+                json!({"action": "bring", "object": format!("cup {i}")}),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let numbers: Vec<u64> = ids.iter().map(|id| id[5..].parse().unwrap()).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "dense: {ids:?}"
+    );
+
+    // Newest first, five at a time, each task once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, page) = api
+            .get(&format!("/api/tasks?limit=5&cursor={cursor}"))
+            .await;
+        assert_eq!(s, 200, "{page}");
+        assert_schema("task_page.schema.json", &page);
+        assert_eq!(page["total"], 12);
+        for t in page["tasks"].as_array().unwrap() {
+            seen.push(t["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+
+    // Oldest first from a cursor.
+    let (_, page) = api
+        .get(&format!("/api/tasks?order=asc&limit=3&cursor={}", ids[8]))
+        .await;
+    let got: Vec<&str> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [&ids[9], &ids[10], &ids[11]]);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // Cancel two, then filter by state.
+    for id in &ids[..2] {
+        let (s, _) = api
+            .post(&format!("/api/tasks/{id}/cancel"), json!({}))
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (_, page) = api.get("/api/tasks?state=cancelled").await;
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["tasks"][0]["id"], ids[1].as_str());
+    let (_, page) = api.get("/api/tasks?state=pending,running&limit=500").await;
+    assert_eq!(page["total"], 10);
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 10);
+    let (_, same) = api.get("/api/tasks?state=unfinished&limit=5000").await;
+    assert_eq!(same, page);
+
+    // Bad parameters are refused, clearly.
+    for bad in [
+        "limit=0",
+        "limit=-1",
+        "limit=x",
+        "order=sideways",
+        "state=sleeping",
+        "cursor=nope",
+        "colour=red",
+    ] {
+        let (s, b) = api.get(&format!("/api/tasks?{bad}")).await;
+        assert_error(s, &b, 400, "invalid_query");
+    }
+
+    // Cancel in bulk: by source (none from the monologue), then everything left.
+    let (s, b) = api
+        .post("/api/tasks/cancel", json!({"source": "monologue"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_schema("task_cancel.schema.json", &b);
+    assert_eq!(b["cancelled"], json!([]));
+    let (s, b) = api
+        .post("/api/tasks/cancel", json!({"state": "finished"}))
+        .await;
+    assert_error(s, &b, 422, "invalid_body");
+    let (s, b) = api.post("/api/tasks/cancel", json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_schema("task_cancel.schema.json", &b);
+    assert_eq!(b["cancelled"], json!(ids[2..]));
+    let (_, page) = api.get("/api/tasks?state=unfinished").await;
+    assert_eq!(page["total"], 0);
+    let (s, b, _) = api
+        .call(
+            Request::post("/api/tasks/cancel")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, 200, "an empty body is fine: {b}");
+    assert_eq!(b["cancelled"], json!([]));
     api.brain.stop().await;
 }
 

@@ -57,7 +57,7 @@ async fn task_state(brain: &TestBrain, id: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_door_needs_the_token_and_takes_one_body_at_a_time() {
+async fn the_door_needs_the_token_and_the_newest_body_takes_the_seat() {
     let brain = start().await;
     for token in [None, Some("guess")] {
         match connect(&brain, token).await {
@@ -68,22 +68,35 @@ async fn the_door_needs_the_token_and_takes_one_body_at_a_time() {
         }
     }
     let mut body = connect(&brain, Some(DEV_BODY_TOKEN)).await.unwrap();
-    assert_eq!(recv(&mut body).await["type"], "hello");
-    match connect(&brain, Some(DEV_BODY_TOKEN)).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 409),
-        other => panic!("a second body should be refused: {other:?}"),
+    let first = recv(&mut body).await;
+    assert_eq!(first["type"], "hello");
+    // A second body (the robot, reconnecting) replaces the first, which is told why.
+    let mut second = connect(&brain, Some(DEV_BODY_TOKEN))
+        .await
+        .expect("the newest body is let in");
+    let hello = recv(&mut second).await;
+    assert_eq!(hello["type"], "hello");
+    assert_ne!(hello["session"], first["session"]);
+    let closed = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("the old body is closed");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4001);
+            assert_eq!(frame.reason.as_str(), "replaced by a newer connection");
+        }
+        other => panic!("expected a close frame with a reason, got {other:?}"),
     }
     let (_, state) = brain.get("/api/state").await;
     assert_schema("state.schema.json", &state);
     assert_eq!(state["body"]["attached"], true);
     assert_eq!(state["body"]["refused_auth"], 2);
-    drop(body);
-    // Once it leaves, another body may come.
-    eventually(
-        Duration::from_secs(3),
-        "the body seat to free up",
-        || async { connect(&brain, Some(DEV_BODY_TOKEN)).await.ok().map(|_| ()) },
-    )
+    assert_eq!(state["body"]["sessions"], 2);
+    drop(second);
+    eventually(Duration::from_secs(3), "the body to detach", || async {
+        let (_, state) = brain.get("/api/state").await;
+        (state["body"]["attached"] == false).then_some(())
+    })
     .await;
     brain.service.shutdown().await;
 }
@@ -287,8 +300,9 @@ async fn body_sim_carries_out_what_the_creature_promised() {
         .post("/api/hear", json!({"text": "bring me the cup"}))
         .await;
     let task = eventually(Duration::from_secs(10), "the task to succeed", || async {
-        let (_, list) = brain.get("/api/tasks").await;
-        list.as_array()
+        let (_, page) = brain.get("/api/tasks?order=asc").await;
+        page["tasks"]
+            .as_array()
             .and_then(|l| l.first().cloned())
             .filter(|t| t["state"] == "succeeded")
     })

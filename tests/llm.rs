@@ -40,6 +40,11 @@ enum Mode {
     TwoSteps,
     /// Waits this long, then answers like `OneCall`.
     Slow(Duration),
+    /// Burns the CPU of the shared async worker it runs on this long (no await), then
+    /// answers like `OneCall`: a neighbour on the brain's own runtime that hogs it.
+    Burn(Duration),
+    /// Blocks the shared async worker it runs on (a thread sleep), then answers.
+    Block(Duration),
     /// HTTP 500 with a plain-text body.
     ServerError,
     /// A tool call whose arguments are not JSON.
@@ -64,6 +69,9 @@ struct Seen {
 struct Script {
     mode: Mode,
     seen: Mutex<Vec<Seen>>,
+    /// Requests hogging a worker right now, and the most at once (`Burn`, `Block`).
+    hogging: std::sync::atomic::AtomicUsize,
+    most_hogging: std::sync::atomic::AtomicUsize,
 }
 
 /// An OpenAI-compatible chat endpoint serving `POST /v1/chat/completions` from a script.
@@ -78,6 +86,8 @@ impl FakeLlm {
         let script = Arc::new(Script {
             mode,
             seen: Mutex::new(Vec::new()),
+            hogging: Default::default(),
+            most_hogging: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -171,6 +181,25 @@ async fn completions(
         ),
         Mode::Slow(wait) => {
             tokio::time::sleep(wait).await;
+            completion(model, &bring_cup(), None)
+        }
+        Mode::Burn(cpu) | Mode::Block(cpu) => {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = script.hogging.fetch_add(1, SeqCst) + 1;
+            script.most_hogging.fetch_max(now, SeqCst);
+            if matches!(script.mode, Mode::Block(_)) {
+                std::thread::sleep(cpu);
+            } else {
+                let until = Instant::now() + cpu;
+                let mut x: u64 = 1;
+                while Instant::now() < until {
+                    for _ in 0..1_000 {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                }
+            }
+            script.hogging.fetch_sub(1, SeqCst);
             completion(model, &bring_cup(), None)
         }
         Mode::ServerError => return (StatusCode::INTERNAL_SERVER_ERROR, "the model fell over").into_response(),
@@ -462,11 +491,10 @@ async fn brain_with_llm(
 }
 
 async fn tasks(brain: &TestBrain) -> Vec<Value> {
-    let (status, list) = brain.get("/api/tasks").await;
-    assert_eq!(status, 200, "{list}");
-    let mut list = list.as_array().cloned().unwrap_or_default();
-    list.sort_by_key(|t| t["id"].as_str().unwrap_or_default().to_string());
-    list
+    // Oldest first: creation order (`task-10` after `task-9`).
+    let (status, page) = brain.get("/api/tasks?order=asc&limit=500").await;
+    assert_eq!(status, 200, "{page}");
+    page["tasks"].as_array().cloned().unwrap_or_default()
 }
 
 async fn tasks_at_least(brain: &TestBrain, n: usize, limit: Duration) -> Vec<Value> {
@@ -698,6 +726,69 @@ async fn a_five_second_llm_never_stalls_the_voice_tick() {
         "overruns while the LLM thought: {voice}"
     );
     brain.service.shutdown().await;
+}
+
+/// The LLM's server shares the brain's async workers and hogs them (`Burn`: CPU without an
+/// await; `Block`: a sleeping worker thread), two calls at once so both workers are taken:
+/// the 80 ms voice tick must still never stall, overrun or miss a beat.
+async fn an_llm_hogging_the_workers_never_stalls_the_voice_tick(mode: Mode) {
+    let _turn = ONE_BRAIN_AT_A_TIME.lock().await;
+    let llm = FakeLlm::start(mode).await;
+    let brain = brain_with_llm(&llm, 7.0, |c| c.reasoner.max_in_flight = 2).await;
+    let before = eventually(Duration::from_secs(5), "the voice loop ticking", || async {
+        let (_, state) = brain.get("/api/state").await;
+        let voice = &state["voice"];
+        (voice["ticks"].as_u64().unwrap_or(0) >= 3).then(|| {
+            (
+                voice["overruns"].as_u64().unwrap(),
+                voice["missed_ticks"].as_u64().unwrap(),
+            )
+        })
+    })
+    .await;
+    for text in [
+        "bring me the cup",
+        "open the door",
+        "put the book on the shelf",
+    ] {
+        hear(&brain, text).await;
+    }
+    tasks_at_least(&brain, 3, Duration::from_secs(20)).await;
+    assert!(
+        llm.script
+            .most_hogging
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2,
+        "the test's point: both async workers were taken at once"
+    );
+    let (_, state) = brain.get("/api/state").await;
+    let voice = &state["voice"];
+    let max_gap = voice["interval_ms"]["max_ms"].as_f64().unwrap();
+    assert!(
+        max_gap < 120.0,
+        "a tick gap of {max_gap} ms while the LLM hogged the workers: {voice}"
+    );
+    assert_eq!(voice["overruns"].as_u64().unwrap() - before.0, 0, "{voice}");
+    assert_eq!(
+        voice["missed_ticks"].as_u64().unwrap() - before.1,
+        0,
+        "{voice}"
+    );
+    brain.service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_burning_the_workers_cpu_never_stalls_the_voice_tick() {
+    an_llm_hogging_the_workers_never_stalls_the_voice_tick(Mode::Burn(Duration::from_millis(1500)))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_blocking_the_workers_never_stalls_the_voice_tick() {
+    an_llm_hogging_the_workers_never_stalls_the_voice_tick(Mode::Block(Duration::from_millis(
+        1500,
+    )))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,9 +96,9 @@ async fn the_ledger_survives_a_hard_kill_with_nothing_lost() {
     first.wait().unwrap();
 
     let (mut second, url) = serve(data.path(), &[]);
-    let after = get(&format!("{url}/api/tasks")).await;
+    let after = get(&format!("{url}/api/tasks?order=asc")).await;
     assert_eq!(
-        after.as_array().unwrap(),
+        after["tasks"].as_array().unwrap(),
         &created,
         "every task, unchanged, after the restart"
     );
@@ -319,7 +319,7 @@ async fn a_task_in_flight_survives_kill_9_of_the_brain_and_is_done_exactly_once(
     .await;
     let all = get(&format!("{url}/api/tasks")).await;
     assert_eq!(
-        all.as_array().unwrap().len(),
+        all["tasks"].as_array().unwrap().len(),
         1,
         "exactly one task record: {all}"
     );

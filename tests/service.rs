@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::Message;
 use common::{TestBrain, assert_schema, eventually, start};
 
 async fn tasks(brain: &TestBrain) -> Vec<Value> {
-    let (status, list) = brain.get("/api/tasks").await;
+    let (status, page) = brain.get("/api/tasks?order=asc&limit=500").await;
     assert_eq!(status, 200);
-    list.as_array().cloned().unwrap_or_default()
+    page["tasks"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,12 +140,20 @@ async fn the_audio_socket_takes_the_microphone_plays_the_voice_and_refuses_bad_a
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["frame_samples"], 1920);
 
-    // A second device is refused with a reason.
-    let second = tokio_tungstenite::connect_async(brain.ws_url("/ws/audio")).await;
-    match second {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 409),
-        other => panic!("a second audio session should be refused, got {other:?}"),
-    }
+    // A second device takes the seat (the newest wins); the first is closed with a reason.
+    let (mut second, _) = tokio_tungstenite::connect_async(brain.ws_url("/ws/audio"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut second).await["type"], "ready");
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(3), socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4001), "replaced by a newer connection");
+    let mut socket = second;
 
     // Wrong formats get errors that say what to do, and lose nothing.
     socket
@@ -217,10 +225,8 @@ async fn the_audio_socket_takes_the_microphone_plays_the_voice_and_refuses_bad_a
         Duration::from_secs(2),
         "the audio seat to free up",
         || async {
-            tokio_tungstenite::connect_async(brain.ws_url("/ws/audio"))
-                .await
-                .ok()
-                .map(|_| ())
+            let (_, state) = brain.get("/api/state").await;
+            (state["audio"]["session_open"] == false).then_some(())
         },
     )
     .await;

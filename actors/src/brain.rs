@@ -521,7 +521,8 @@ impl BrainHandle {
             Arc::clone(&metrics),
         );
         let deliver = voice.clone();
-        let worker = ModelWorker::spawn(ports.model, move |done| deliver.step_done(done))
+        let setup = metrics.model_thread_setup(config.voice.realtime_priority);
+        let worker = ModelWorker::spawn(ports.model, setup, move |done| deliver.step_done(done))
             .map_err(|e| BrainError::Worker(e.to_string()))?;
 
         let outlet = face_outlet();

@@ -36,6 +36,7 @@ pub mod reasoner;
 pub mod rules;
 pub mod slot;
 pub mod tasks;
+pub mod text;
 pub mod voice;
 pub mod worker;
 

@@ -210,9 +210,9 @@ impl Monologue {
                     };
                     tracing::info!(
                         action = intent.task.action.as_str(),
-                        object = %intent.task.object,
+                        object = %crate::text::printable(&intent.task.object),
                         detector = %intent.detector,
-                        phrase = %text,
+                        phrase = %crate::text::printable(&text),
                         "physical-task intent"
                     );
                     self.affect.event(AffectEvent::IntentDetected);

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::CALL_TIMEOUT;
-use crate::ports::{Action, Intent, PlanContext, PlanStep, Planner, TaskSource, now_ms};
+use crate::ports::{Action, Intent, NewTask, PlanContext, PlanStep, Planner, TaskSource, now_ms};
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::tasks::TasksHandle;
 
@@ -255,7 +255,7 @@ async fn deliberate(
     }
     let steps = outcome.calls.len() as u32;
     let plan_id = format!("plan-{}-{id}", now_ms());
-    let mut task_ids = Vec::with_capacity(outcome.calls.len());
+    let mut new = Vec::with_capacity(outcome.calls.len());
     for (i, call) in outcome.calls.into_iter().enumerate() {
         call.validate()
             .map_err(|e| format!("tool call {} rejected: {e}", i + 1))?;
@@ -264,12 +264,20 @@ async fn deliberate(
             step: i as u32 + 1,
             of: steps,
         });
-        let task = tasks
-            .create(call, TaskSource::Monologue, plan)
-            .await
-            .map_err(|e| format!("could not file task {}: {e}", i + 1))?;
-        task_ids.push(task.id);
+        new.push(NewTask {
+            arguments: call,
+            source: TaskSource::Monologue,
+            plan,
+        });
     }
+    // The whole plan or none of it (say, past the bound on unfinished tasks).
+    let task_ids = tasks
+        .create_many(new)
+        .await
+        .map_err(|e| format!("could not file the plan: {e}"))?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     Ok(Deliberated {
         planner: outcome.planner,
         fallback: outcome.fallback,
@@ -354,7 +362,7 @@ impl Actor for Reasoner {
                                 state.fallbacks += 1;
                                 state.last_fallback = Some(why.clone());
                                 // The planner already warned, with its own details.
-                                tracing::debug!(id, reason = %why, "planner fell back to rules");
+                                tracing::debug!(id, reason = %crate::text::printable(why), "planner fell back to rules");
                             }
                             Record {
                                 id,
@@ -369,7 +377,7 @@ impl Actor for Reasoner {
                         }
                         Err(error) => {
                             state.failed += 1;
-                            tracing::warn!(id, %error, "deliberation failed");
+                            tracing::warn!(id, error = %crate::text::printable(&error), "deliberation failed");
                             Record {
                                 id,
                                 intent: run.intent,

@@ -6,8 +6,9 @@
 //! Delivery is at least once, with the task id as the idempotency key: a task is sent to
 //! the body when it is filed (if a body is attached), every unfinished task is sent again
 //! when a body attaches (after a reconnect or a brain restart), and a task the body has not
-//! acknowledged within `redeliver_after` is sent again. One body at a time. Task outcomes
-//! are passed on to `affect`.
+//! acknowledged within `redeliver_after` is sent again. One body at a time: a body that
+//! attaches replaces the attached one (a robot reconnecting after its Wi-Fi dropped) and
+//! gets every unfinished task again. Task outcomes are passed on to `affect`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use tokio::sync::mpsc;
 use crate::CALL_TIMEOUT;
 use crate::affect::{AffectEvent, AffectHandle};
 use crate::ports::{
-    BodyCommand, BodyReport, BodyState, PhysicalTask, PlanStep, Progress, StoreError, Task,
-    TaskSource, TaskState, TaskStore, now_ms,
+    BodyCommand, BodyReport, BodyState, NewTask, PageOrder, PageQuery, PhysicalTask, PlanStep,
+    Progress, StoreError, Task, TaskSource, TaskState, TaskStore, id_number, now_ms,
 };
 use crate::slot::{ActorStats, CallError, Slot};
+use crate::text::printable;
 
 /// A write waits for the disk; give it more room than an in-memory answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,29 +39,69 @@ pub enum TaskError {
     Invalid(String),
     #[error("{0}")]
     Lifecycle(String),
-    #[error("a body is already attached; one body at a time")]
-    BodyBusy,
     #[error("this body session is no longer attached")]
     Detached,
+    /// Filing would take the unfinished tasks past `[tasks] max_unfinished`; nothing was filed.
+    #[error(
+        "{unfinished} tasks are unfinished, the most allowed is {max}, so {wanted} more cannot be \
+         filed; wait for the body to finish some, or cancel them (`creature cancel --all`, \
+         POST /api/tasks/cancel)"
+    )]
+    TooManyUnfinished {
+        unfinished: usize,
+        max: usize,
+        wanted: usize,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Call(#[from] CallError),
 }
 
-/// Ledger settings (from `[body]` in the config file).
+/// Ledger settings (from `[body]` and `[tasks]` in the config file).
 #[derive(Debug, Clone)]
 pub struct TasksConfig {
     /// A task sent to the body and not acknowledged within this is sent again.
     pub redeliver_after: Duration,
+    /// At most this many unfinished tasks; filing more is refused.
+    pub max_unfinished: usize,
+    /// Keep this many finished tasks (the newest); older finished ones leave the ledger.
+    pub retain_finished: usize,
 }
 
 impl Default for TasksConfig {
     fn default() -> Self {
         TasksConfig {
             redeliver_after: Duration::from_secs(5),
+            max_unfinished: 100,
+            retain_finished: 10_000,
         }
     }
+}
+
+/// Which unfinished tasks to cancel at once; an empty filter cancels every one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CancelFilter {
+    /// Only tasks in one of these (unfinished) states; empty: any.
+    pub states: Vec<TaskState>,
+    pub source: Option<TaskSource>,
+}
+
+impl CancelFilter {
+    fn matches(&self, task: &Task) -> bool {
+        (self.states.is_empty() || self.states.contains(&task.state))
+            && self.source.is_none_or(|s| s == task.source)
+    }
+}
+
+/// One page of the ledger (`GET /api/tasks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// The id to pass as the cursor for the next page; `None`: this was the last one.
+    pub next_cursor: Option<String>,
+    /// How many tasks in the ledger match the filter.
+    pub total: u64,
 }
 
 #[derive(Debug)]
@@ -75,8 +117,22 @@ pub enum TasksMsg {
         id: String,
         reply: RpcReplyPort<Result<Task, TaskError>>,
     },
+    /// File several tasks (a plan) at once: all of them, or none.
+    CreateMany {
+        new: Vec<NewTask>,
+        reply: RpcReplyPort<Result<Vec<Task>, TaskError>>,
+    },
     List {
         reply: RpcReplyPort<Result<Vec<Task>, TaskError>>,
+    },
+    Page {
+        query: PageQuery,
+        reply: RpcReplyPort<Result<TaskPage, TaskError>>,
+    },
+    /// Cancel every unfinished task the filter matches; replies with their ids.
+    CancelAll {
+        filter: CancelFilter,
+        reply: RpcReplyPort<Result<Vec<String>, TaskError>>,
     },
     /// Cancel a task that has not finished (and tell the body, if it has it).
     Cancel {
@@ -154,9 +210,30 @@ impl TasksHandle {
             .await?
     }
 
+    /// File the steps of a plan in one go: every one, or (refused, invalid, or past the
+    /// bound on unfinished tasks) none.
+    pub async fn create_many(&self, new: Vec<NewTask>) -> Result<Vec<Task>, TaskError> {
+        self.slot
+            .call(|reply| TasksMsg::CreateMany { new, reply }, WRITE_TIMEOUT)
+            .await?
+    }
+
+    /// Every task, oldest first (tests and small ledgers; the API pages).
     pub async fn list(&self) -> Result<Vec<Task>, TaskError> {
         self.slot
             .call(|reply| TasksMsg::List { reply }, WRITE_TIMEOUT)
+            .await?
+    }
+
+    pub async fn page(&self, query: PageQuery) -> Result<TaskPage, TaskError> {
+        self.slot
+            .call(|reply| TasksMsg::Page { query, reply }, WRITE_TIMEOUT)
+            .await?
+    }
+
+    pub async fn cancel_all(&self, filter: CancelFilter) -> Result<Vec<String>, TaskError> {
+        self.slot
+            .call(|reply| TasksMsg::CancelAll { filter, reply }, WRITE_TIMEOUT)
             .await?
     }
 
@@ -238,8 +315,8 @@ impl Drop for TimerGuard {
 
 pub struct TasksState {
     summary: TaskSummary,
-    /// Every unfinished task, by id (ids sort in creation order).
-    open: BTreeMap<String, Task>,
+    /// Every unfinished task, by id number then id: creation order.
+    open: BTreeMap<(u64, String), Task>,
     body: Option<Body>,
     next_session: u64,
     writes: u64,
@@ -251,6 +328,11 @@ pub struct TasksState {
     reports: u64,
     rejected_reports: u64,
     _redeliver_timer: TimerGuard,
+}
+
+/// The key of a task in `TasksState::open`: numeric, so `task-10` comes after `task-9`.
+fn open_key(id: &str) -> (u64, String) {
+    (id_number(id).unwrap_or(u64::MAX), id.to_string())
 }
 
 /// Run a blocking store call on the blocking pool.
@@ -274,16 +356,225 @@ impl Tasks {
         source: TaskSource,
         plan: Option<PlanStep>,
     ) -> Result<Task, TaskError> {
-        args.validate().map_err(TaskError::Invalid)?;
-        let n = blocking(&self.store, |s| s.next_id()).await?;
-        let task = Task::new(format!("task-{n:06}"), args, source, plan);
-        self.write(state, &task, None).await?;
-        state.summary.total += 1;
-        state.summary.last_created = Some(task.id.clone());
-        tracing::info!(id = %task.id, action = task.arguments.action.as_str(), object = %task.arguments.object, "task filed");
-        let created = task.clone();
-        self.deliver(state, task).await;
-        Ok(created)
+        let new = vec![NewTask {
+            arguments: args,
+            source,
+            plan,
+        }];
+        let mut made = self.create_many(state, new).await?;
+        made.pop()
+            .ok_or_else(|| TaskError::Store(StoreError::Io("the ledger filed nothing".into())))
+    }
+
+    async fn create_many(
+        &self,
+        state: &mut TasksState,
+        new: Vec<NewTask>,
+    ) -> Result<Vec<Task>, TaskError> {
+        for (i, n) in new.iter().enumerate() {
+            n.arguments.validate().map_err(|e| {
+                TaskError::Invalid(if new.len() > 1 {
+                    format!("step {}: {e}", i + 1)
+                } else {
+                    e
+                })
+            })?;
+        }
+        let unfinished = state.open.len();
+        if unfinished + new.len() > self.config.max_unfinished {
+            tracing::warn!(
+                unfinished,
+                wanted = new.len(),
+                max = self.config.max_unfinished,
+                "refused to file tasks: too many unfinished"
+            );
+            return Err(TaskError::TooManyUnfinished {
+                unfinished,
+                max: self.config.max_unfinished,
+                wanted: new.len(),
+            });
+        }
+        state.writes += 1;
+        let made = match blocking(&self.store, move |s| s.create(new)).await {
+            Ok(made) => made,
+            Err(e) => {
+                state.write_errors += 1;
+                return Err(e);
+            }
+        };
+        for task in &made {
+            self.track(state, task, None);
+            state.summary.total += 1;
+            state.summary.last_created = Some(task.id.clone());
+            tracing::info!(
+                id = %task.id,
+                action = task.arguments.action.as_str(),
+                object = %printable(&task.arguments.object),
+                "task filed"
+            );
+        }
+        for task in &made {
+            self.deliver(state, task.clone()).await;
+        }
+        Ok(made)
+    }
+
+    /// Keep the in-memory views in step with a task just written (`before`: its previous
+    /// state, `None` for a new task).
+    fn track(&self, state: &mut TasksState, task: &Task, before: Option<TaskState>) {
+        if before != Some(task.state) {
+            if let Some(b) = before {
+                if let Some(n) = state.summary.by_state.get_mut(b.as_str()) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            *state
+                .summary
+                .by_state
+                .entry(task.state.as_str().into())
+                .or_default() += 1;
+        }
+        if task.state.is_terminal() {
+            state.open.remove(&open_key(&task.id));
+        } else {
+            state.open.insert(open_key(&task.id), task.clone());
+        }
+    }
+
+    fn finished(state: &TasksState) -> u64 {
+        TaskState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| state.summary.by_state.get(s.as_str()).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Drop the oldest finished tasks beyond `retain_finished` from the ledger.
+    async fn retain(&self, state: &mut TasksState) {
+        let keep = self.config.retain_finished as u64;
+        let excess = Self::finished(state).saturating_sub(keep) as usize;
+        if excess == 0 {
+            return;
+        }
+        let dropped = blocking(&self.store, move |s| {
+            let old = s.oldest_finished(excess)?;
+            let ids: Vec<String> = old.iter().map(|(id, _)| id.clone()).collect();
+            s.delete(&ids)?;
+            Ok(old)
+        })
+        .await;
+        match dropped {
+            Ok(old) => {
+                for (_, st) in &old {
+                    if let Some(n) = state.summary.by_state.get_mut(st.as_str()) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                state.summary.total = state.summary.total.saturating_sub(old.len() as u64);
+                tracing::debug!(
+                    dropped = old.len(),
+                    keep,
+                    "finished tasks past retention dropped"
+                );
+            }
+            Err(e) => tracing::error!(cause = %e, "could not drop old finished tasks"),
+        }
+    }
+
+    /// A page of the ledger. Unfinished tasks come from memory; the rest from the store.
+    async fn page(&self, state: &TasksState, query: PageQuery) -> Result<TaskPage, TaskError> {
+        let total = if query.states.is_empty() {
+            state.summary.total
+        } else {
+            query
+                .states
+                .iter()
+                .map(|s| state.summary.by_state.get(s.as_str()).copied().unwrap_or(0))
+                .sum()
+        };
+        let from_memory = !query.states.is_empty() && query.states.iter().all(|s| !s.is_terminal());
+        let (tasks, more) = if from_memory {
+            let matching = state
+                .open
+                .iter()
+                .filter(|((n, _), t)| query.beyond_cursor(*n) && query.matches(t));
+            let mut tasks: Vec<Task> = match query.order {
+                PageOrder::Asc => matching
+                    .take(query.limit + 1)
+                    .map(|(_, t)| t.clone())
+                    .collect(),
+                PageOrder::Desc => matching
+                    .rev()
+                    .take(query.limit + 1)
+                    .map(|(_, t)| t.clone())
+                    .collect(),
+            };
+            let more = tasks.len() > query.limit;
+            tasks.truncate(query.limit);
+            (tasks, more)
+        } else {
+            let page = blocking(&self.store, move |s| s.page(&query)).await?;
+            (page.tasks, page.more)
+        };
+        let next_cursor = if more {
+            tasks.last().map(|t| t.id.clone())
+        } else {
+            None
+        };
+        Ok(TaskPage {
+            tasks,
+            next_cursor,
+            total,
+        })
+    }
+
+    /// Cancel every unfinished task `filter` matches, in one flushed write.
+    async fn cancel_all(
+        &self,
+        state: &mut TasksState,
+        filter: CancelFilter,
+    ) -> Result<Vec<String>, TaskError> {
+        let mut changed = Vec::new();
+        for task in state.open.values().filter(|t| filter.matches(t)) {
+            let mut task = task.clone();
+            let before = task.state;
+            task.transition(
+                TaskState::Cancelled,
+                Some("cancelled on request (cancel all)".into()),
+            )
+            .map_err(TaskError::Lifecycle)?;
+            changed.push((before, task));
+        }
+        if changed.is_empty() {
+            return Ok(vec![]);
+        }
+        state.writes += 1;
+        let records: Vec<Task> = changed.iter().map(|(_, t)| t.clone()).collect();
+        if let Err(e) = blocking(&self.store, move |s| s.put_all(&records)).await {
+            state.write_errors += 1;
+            return Err(e);
+        }
+        let mut ids = Vec::with_capacity(changed.len());
+        for (before, task) in &changed {
+            self.track(state, task, Some(*before));
+            if *before != TaskState::Pending {
+                if let Some(body) = &state.body {
+                    if body
+                        .outbox
+                        .try_send(BodyCommand::Cancel {
+                            id: task.id.clone(),
+                        })
+                        .is_err()
+                    {
+                        tracing::warn!(id = %task.id, "could not tell the body to cancel; it will be refused on its next report");
+                    }
+                }
+            }
+            ids.push(task.id.clone());
+        }
+        tracing::info!(cancelled = ids.len(), "unfinished tasks cancelled");
+        self.retain(state).await;
+        Ok(ids)
     }
 
     /// Write `task`, flushed to disk before this returns, and keep the in-memory views in
@@ -321,22 +612,9 @@ impl Tasks {
             state.write_errors += 1;
             return Err(e);
         }
-        if before != Some(task.state) {
-            if let Some(b) = before {
-                if let Some(n) = state.summary.by_state.get_mut(b.as_str()) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-            *state
-                .summary
-                .by_state
-                .entry(task.state.as_str().into())
-                .or_default() += 1;
-        }
-        if task.state.is_terminal() {
-            state.open.remove(&task.id);
-        } else {
-            state.open.insert(task.id.clone(), task.clone());
+        self.track(state, task, before);
+        if task.state.is_terminal() && before.is_some_and(|b| !b.is_terminal()) {
+            self.retain(state).await;
         }
         Ok(())
     }
@@ -378,7 +656,7 @@ impl Tasks {
     }
 
     async fn find(&self, state: &TasksState, id: &str) -> Result<Task, TaskError> {
-        if let Some(task) = state.open.get(id) {
+        if let Some(task) = state.open.get(&open_key(id)) {
             return Ok(task.clone());
         }
         let wanted = id.to_string();
@@ -443,10 +721,10 @@ impl Tasks {
         state: &mut TasksState,
         outbox: mpsc::Sender<BodyCommand>,
     ) -> Result<u64, TaskError> {
-        if let Some(body) = &state.body {
-            if !body.outbox.is_closed() {
-                return Err(TaskError::BodyBusy);
-            }
+        // The newest body wins. Dropping the old session's outbox closes its socket (4001),
+        // and its reports are refused from now on (`Detached`).
+        if let Some(old) = state.body.take() {
+            tracing::info!(old = old.session, "a new body replaces the attached one");
         }
         state.next_session += 1;
         let session = state.next_session;
@@ -563,7 +841,7 @@ impl Tasks {
     fn snapshot(&self, state: &TasksState) -> serde_json::Value {
         serde_json::json!({
             "summary": state.summary,
-            "open": state.open.keys().collect::<Vec<_>>(),
+            "open": state.open.values().map(|t| &t.id).collect::<Vec<_>>(),
             "body": state.body.as_ref().map(|b| serde_json::json!({"session": b.session, "since_ms": b.since_ms})),
             "deliveries": state.deliveries,
             "redeliveries": state.redeliveries,
@@ -573,6 +851,8 @@ impl Tasks {
             "writes": state.writes,
             "write_errors": state.write_errors,
             "redeliver_after_ms": self.config.redeliver_after.as_millis() as u64,
+            "max_unfinished": self.config.max_unfinished,
+            "retain_finished": self.config.retain_finished,
         })
     }
 }
@@ -602,13 +882,13 @@ impl Actor for Tasks {
                 .entry(task.state.as_str().into())
                 .or_default() += 1;
             if !task.state.is_terminal() {
-                open.insert(task.id.clone(), task.clone());
+                open.insert(open_key(&task.id), task.clone());
             }
         }
         summary.last_created = tasks.last().map(|t| t.id.clone());
         let period = (self.config.redeliver_after / 2).max(Duration::from_millis(50));
         let timer = myself.send_interval(period, || TasksMsg::Redeliver);
-        Ok(TasksState {
+        let mut state = TasksState {
             summary,
             open,
             body: None,
@@ -621,7 +901,9 @@ impl Actor for Tasks {
             reports: 0,
             rejected_reports: 0,
             _redeliver_timer: TimerGuard(timer),
-        })
+        };
+        self.retain(&mut state).await;
+        Ok(state)
     }
 
     async fn handle(
@@ -642,8 +924,17 @@ impl Actor for Tasks {
             TasksMsg::Get { id, reply } => {
                 let _ = reply.send(self.find(state, &id).await);
             }
+            TasksMsg::CreateMany { new, reply } => {
+                let _ = reply.send(self.create_many(state, new).await);
+            }
             TasksMsg::List { reply } => {
                 let _ = reply.send(blocking(&self.store, |s| s.list()).await);
+            }
+            TasksMsg::Page { query, reply } => {
+                let _ = reply.send(self.page(state, query).await);
+            }
+            TasksMsg::CancelAll { filter, reply } => {
+                let _ = reply.send(self.cancel_all(state, filter).await);
             }
             TasksMsg::Cancel { id, reply } => {
                 let _ = reply.send(self.cancel(state, id).await);

@@ -8,13 +8,20 @@
 //! overrun and its frame waits in a backlog of at most `backlog_frames` frames (then the
 //! oldest is dropped and counted), and the model catches up with back-to-back steps. So a
 //! slow model costs bounded latency, never a drifting clock or a growing queue.
+//!
+//! Nothing outside the loop's threads can delay a tick: user audio comes through a lock-free
+//! ring, counters and status are atomics and `ArcSwap`s that readers (the API, `/metrics`)
+//! read without sending the loop a message or taking a lock it takes, and each tick's
+//! lateness is split into the host's part (the ticker's wake-up) and the brain's own (the
+//! hand-off to the loop and the loop's work), so a slow tick says whose it was.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -24,10 +31,13 @@ use crate::clock::TickClock;
 use crate::face::FaceHandle;
 use crate::histogram::{LatencyHistogram, Percentiles};
 use crate::monologue::MonologueHandle;
-use crate::realtime::{Priority, promote_current_thread};
+use crate::realtime::{
+    LoopAllocations, LoopThread, Priority, host_steal, loop_allocations, mark_current_thread,
+    promote_current_thread, promote_model_thread,
+};
 use crate::slot::{ActorStats, CallError, Slot};
 use crate::worker::{ModelWorker, StepDone, StepRequest};
-use crate::{CALL_TIMEOUT, FRAME_PERIOD, FRAME_SAMPLES};
+use crate::{FRAME_PERIOD, FRAME_SAMPLES};
 
 /// A piece of the inner monologue, as the model emitted it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,7 +94,7 @@ impl Default for VoiceConfig {
 
 /// Counters and histograms of the fast loop. They live outside the actor, so they survive
 /// its restarts and anyone can read them without sending the loop a message.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VoiceMetrics {
     pub ticks: AtomicU64,
     /// The first tick number not yet fired; a restarted ticker resumes from here.
@@ -113,18 +123,55 @@ pub struct VoiceMetrics {
     pub overhead: LatencyHistogram,
     /// User frame taken in -> agent frame out (includes any backlog wait).
     pub step_latency: LatencyHistogram,
-    last_error: Mutex<Option<String>>,
-    model_status: Mutex<serde_json::Value>,
-    /// What the OS granted the ticker and the loop threads.
-    scheduling: Mutex<Scheduling>,
+    /// Tick deadline -> the ticker thread awake: the kernel's and the host's part of a
+    /// tick's lateness.
+    pub wake: LatencyHistogram,
+    /// The ticker hands the tick over -> the loop starts handling it.
+    pub handoff: LatencyHistogram,
+    /// The loop's own work on a tick (take the user frame in, submit the step).
+    pub tick_work: LatencyHistogram,
+    /// Hand-off plus the loop's work, per tick: the brain's own part of the lateness.
+    pub own: LatencyHistogram,
+    /// Swapped, never locked: a reader can not hold up the loop that stores it.
+    last_error: ArcSwapOption<String>,
+    model_status: ArcSwap<serde_json::Value>,
+    /// What the OS granted the ticker, the loop and the model threads ([`Priority`] as u8).
+    scheduling: [AtomicU8; 3],
+    /// The loop's own state, published after every message so snapshots never ask it.
+    in_flight: AtomicU64,
+    backlog: AtomicU64,
+    heard_waiting: AtomicU64,
+    inbox_dropped: AtomicU64,
+    /// The host's steal time when the loop started, to report the steal since.
+    steal_base: OnceLock<Option<Duration>>,
 }
 
-/// The scheduling priority of the fast loop's two threads.
+/// `in_flight` when no step is in flight.
+const NONE_IN_FLIGHT: u64 = u64::MAX;
+
+fn priority_bits(p: Priority) -> u8 {
+    match p {
+        Priority::Normal => 0,
+        Priority::Raised => 1,
+        Priority::Realtime => 2,
+    }
+}
+
+fn priority_of(bits: u8) -> Priority {
+    match bits {
+        2 => Priority::Realtime,
+        1 => Priority::Raised,
+        _ => Priority::Normal,
+    }
+}
+
+/// The scheduling priority of the fast loop's threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Scheduling {
     pub ticker: Priority,
     #[serde(rename = "loop")]
     pub voice_loop: Priority,
+    pub model: Priority,
 }
 
 impl Default for Scheduling {
@@ -132,8 +179,40 @@ impl Default for Scheduling {
         Scheduling {
             ticker: Priority::Normal,
             voice_loop: Priority::Normal,
+            model: Priority::Normal,
         }
     }
+}
+
+/// Each tick's lateness in parts, as percentiles (ms). `wake` is the host's part; `handoff`
+/// and `loop` are the brain's own, and `own` is their sum per tick.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LatenessSplit {
+    /// Deadline -> the ticker thread awake (kernel and host).
+    pub wake_ms: Percentiles,
+    /// Ticker sends -> the loop starts handling the tick.
+    pub handoff_ms: Percentiles,
+    /// The loop's work on the tick.
+    pub loop_ms: Percentiles,
+    /// Hand-off + loop, per tick.
+    pub own_ms: Percentiles,
+}
+
+/// What the host took from the brain's machine.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct HostReport {
+    /// CPU time the hypervisor stole since the loop started, all CPUs together (ms);
+    /// null where `/proc/stat` is not available.
+    pub steal_ms: Option<f64>,
+}
+
+/// Allocations counted on the loop's threads (only when the binary counts them).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AllocationReport {
+    #[serde(flatten)]
+    pub by_thread: LoopAllocations,
+    /// All three threads' allocations over the ticks counted so far.
+    pub per_tick: f64,
 }
 
 /// The voice loop as `/api/state` reports it.
@@ -164,6 +243,12 @@ pub struct VoiceReport {
     pub model: serde_json::Value,
     /// The scheduling priority the OS granted the loop's threads.
     pub scheduling: Scheduling,
+    /// Each tick's lateness split into the host's part and the brain's own.
+    pub lateness: LatenessSplit,
+    pub host: HostReport,
+    /// Allocations on the loop's threads since counting began; null unless the binary
+    /// was built to count them (`--features alloc-count`).
+    pub allocations: Option<AllocationReport>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -173,27 +258,123 @@ pub struct RealTimeFactor {
     pub max: f64,
 }
 
+impl Default for VoiceMetrics {
+    fn default() -> Self {
+        VoiceMetrics {
+            ticks: AtomicU64::default(),
+            next_tick: AtomicU64::default(),
+            overruns: AtomicU64::default(),
+            missed_ticks: AtomicU64::default(),
+            dropped_frames: AtomicU64::default(),
+            steps: AtomicU64::default(),
+            step_errors: AtomicU64::default(),
+            orphan_steps: AtomicU64::default(),
+            text_pieces: AtomicU64::default(),
+            barge_ins: AtomicU64::default(),
+            speaking: AtomicBool::default(),
+            user_active: AtomicBool::default(),
+            jitter: LatencyHistogram::new(),
+            interval: LatencyHistogram::new(),
+            compute: LatencyHistogram::new(),
+            overhead: LatencyHistogram::new(),
+            step_latency: LatencyHistogram::new(),
+            wake: LatencyHistogram::new(),
+            handoff: LatencyHistogram::new(),
+            tick_work: LatencyHistogram::new(),
+            own: LatencyHistogram::new(),
+            last_error: ArcSwapOption::empty(),
+            model_status: ArcSwap::from_pointee(serde_json::Value::Null),
+            scheduling: Default::default(),
+            in_flight: AtomicU64::new(NONE_IN_FLIGHT),
+            backlog: AtomicU64::default(),
+            heard_waiting: AtomicU64::default(),
+            inbox_dropped: AtomicU64::default(),
+            steal_base: OnceLock::new(),
+        }
+    }
+}
+
 impl VoiceMetrics {
     pub(crate) fn set_scheduling(&self, update: impl FnOnce(&mut Scheduling)) {
-        if let Ok(mut s) = self.scheduling.lock() {
-            update(&mut s);
+        let mut s = self.scheduling();
+        update(&mut s);
+        for (slot, p) in self
+            .scheduling
+            .iter()
+            .zip([s.ticker, s.voice_loop, s.model])
+        {
+            slot.store(priority_bits(p), Ordering::Relaxed);
+        }
+    }
+
+    pub fn scheduling(&self) -> Scheduling {
+        let p = |i: usize| priority_of(self.scheduling[i].load(Ordering::Relaxed));
+        Scheduling {
+            ticker: p(0),
+            voice_loop: p(1),
+            model: p(2),
+        }
+    }
+
+    /// What the model thread runs first: raise it like the loop (one level below) and
+    /// mark it for allocation counting. Pass it to [`ModelWorker::spawn`].
+    pub fn model_thread_setup(self: &Arc<Self>, realtime: bool) -> impl FnOnce() + Send + 'static {
+        let metrics = Arc::clone(self);
+        move || {
+            mark_current_thread(LoopThread::Model);
+            if realtime {
+                let granted = promote_model_thread("voice-model");
+                metrics.set_scheduling(|s| s.model = granted);
+            }
         }
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        self.last_error
+            .load()
+            .as_ref()
+            .map(|e| e.as_str().to_string())
     }
 
     fn set_last_error(&self, error: String) {
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(error);
+        self.last_error.store(Some(Arc::new(error)));
+    }
+
+    /// Steal time since the loop started (first read then), if the host reports it.
+    pub fn steal_since_start(&self) -> Option<Duration> {
+        let base = (*self.steal_base.get_or_init(host_steal))?;
+        Some(host_steal()?.saturating_sub(base))
+    }
+
+    /// The lateness split since the start.
+    pub fn lateness(&self) -> LatenessSplit {
+        LatenessSplit {
+            wake_ms: self.wake.percentiles(),
+            handoff_ms: self.handoff.percentiles(),
+            loop_ms: self.tick_work.percentiles(),
+            own_ms: self.own.percentiles(),
         }
     }
 
-    fn set_model_status(&self, status: serde_json::Value) {
-        if let Ok(mut s) = self.model_status.lock() {
-            *s = status;
+    /// The loop's state as it last published it (off the loop's thread, no message).
+    pub fn snapshot(&self, backend: &'static str, accepts_text: bool) -> serde_json::Value {
+        let mut value =
+            serde_json::to_value(self.report(backend, accepts_text)).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            let in_flight = self.in_flight.load(Ordering::Relaxed);
+            map.insert(
+                "in_flight".into(),
+                (in_flight != NONE_IN_FLIGHT).then_some(in_flight).into(),
+            );
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            map.insert("backlog".into(), load(&self.backlog).into());
+            map.insert("heard_waiting".into(), load(&self.heard_waiting).into());
+            map.insert(
+                "inbox_dropped_samples".into(),
+                load(&self.inbox_dropped).into(),
+            );
         }
+        value
     }
 
     pub fn report(&self, backend: &'static str, accepts_text: bool) -> VoiceReport {
@@ -225,12 +406,16 @@ impl VoiceMetrics {
                 max: compute.max_ms / frame_ms,
             },
             last_error: self.last_error(),
-            model: self
-                .model_status
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default(),
-            scheduling: self.scheduling.lock().map(|s| *s).unwrap_or_default(),
+            model: serde_json::Value::clone(&self.model_status.load()),
+            scheduling: self.scheduling(),
+            lateness: self.lateness(),
+            host: HostReport {
+                steal_ms: self.steal_since_start().map(|d| d.as_secs_f64() * 1000.0),
+            },
+            allocations: loop_allocations().map(|by_thread| AllocationReport {
+                by_thread,
+                per_tick: by_thread.total() as f64 / load(&self.ticks).max(1) as f64,
+            }),
         }
     }
 }
@@ -238,14 +423,12 @@ impl VoiceMetrics {
 /// Messages of the voice actor.
 #[derive(Debug)]
 pub enum VoiceMsg {
-    /// Tick `n` is due (from the ticker).
-    Tick { n: u64 },
+    /// Tick `n` is due (from the ticker, which sent it at `sent`).
+    Tick { n: u64, sent: Instant },
     /// The model thread finished a step.
     StepDone(Box<StepDone>),
     /// The user typed `text` (heard by backends that accept text).
     Hear { text: String },
-    /// Reply with the loop's state.
-    Snapshot(RpcReplyPort<serde_json::Value>),
     /// Test-only: panic inside the actor.
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -328,8 +511,11 @@ impl VoiceHandle {
         }
     }
 
+    /// The loop's state, read from what it publishes: the loop's thread never builds it
+    /// (so a flood of requests costs the loop nothing). Never fails; the `Result` keeps the
+    /// shape every actor's snapshot has.
     pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        self.slot.call(VoiceMsg::Snapshot, CALL_TIMEOUT).await
+        Ok(self.metrics.snapshot(self.backend, self.accepts_text))
     }
 
     /// Hand a step result to the current incarnation. Between incarnations (a restart
@@ -394,6 +580,30 @@ pub struct VoiceState {
     agent_was_speaking: bool,
     /// Spent frame buffers, reused so the loop does not allocate per tick.
     pool: Vec<Vec<f32>>,
+    /// Agent frames sent before; one nobody holds any more is refilled instead of
+    /// allocating a new one.
+    agent_frames: Vec<AgentFrame>,
+}
+
+/// Most agent frames kept for reuse: more than the audio outlet and its listeners hold.
+const AGENT_FRAME_POOL: usize = 64;
+
+/// An agent frame holding `samples`: a pooled one nobody else holds, refilled, when there
+/// is one (no allocation), else a new one, kept for later.
+fn agent_frame(pool: &mut Vec<AgentFrame>, samples: &[f32]) -> AgentFrame {
+    for frame in pool.iter_mut() {
+        if let Some(buf) = Arc::get_mut(frame) {
+            if buf.len() == samples.len() {
+                buf.copy_from_slice(samples);
+                return Arc::clone(frame);
+            }
+        }
+    }
+    let frame: AgentFrame = Arc::from(samples);
+    if pool.len() < AGENT_FRAME_POOL {
+        pool.push(Arc::clone(&frame));
+    }
+    frame
 }
 
 /// Most typed utterances waiting for the next step.
@@ -429,10 +639,13 @@ fn spawn_ticker(
     std::thread::Builder::new()
         .name("voice-ticker".into())
         .spawn(move || {
+            mark_current_thread(LoopThread::Ticker);
             if realtime {
                 let granted = promote_current_thread("voice-ticker");
                 metrics.set_scheduling(|s| s.ticker = granted);
             }
+            // The steal baseline, read before the first tick (it opens a file).
+            metrics.steal_base.get_or_init(host_steal);
             let next_unfired = metrics.next_tick.load(Ordering::Relaxed);
             let now = Instant::now();
             let mut n = if next_unfired == 0 {
@@ -449,12 +662,20 @@ fn spawn_ticker(
                 due.max(next_unfired)
             };
             loop {
-                let wait = clock.deadline(n).saturating_duration_since(Instant::now());
+                let deadline = clock.deadline(n);
+                let wait = deadline.saturating_duration_since(Instant::now());
                 if !wait.is_zero() {
                     std::thread::sleep(wait);
                 }
-                if stopped.load(Ordering::Relaxed) || voice.cast(VoiceMsg::Tick { n }).is_err() {
+                if stopped.load(Ordering::Relaxed) {
                     return; // this incarnation is gone
+                }
+                let awake = Instant::now();
+                metrics
+                    .wake
+                    .record(awake.saturating_duration_since(deadline));
+                if voice.cast(VoiceMsg::Tick { n, sent: awake }).is_err() {
+                    return;
                 }
                 metrics.next_tick.store(n + 1, Ordering::Relaxed);
                 let due = clock.due_at(Instant::now());
@@ -470,9 +691,11 @@ fn spawn_ticker(
 }
 
 impl Voice {
-    fn on_tick(&self, state: &mut VoiceState, n: u64) {
+    fn on_tick(&self, state: &mut VoiceState, n: u64, sent: Instant) {
         let started = Instant::now();
         let m = &self.metrics;
+        let handoff = started.saturating_duration_since(sent);
+        m.handoff.record(handoff);
         m.ticks.fetch_add(1, Ordering::Relaxed);
         m.jitter
             .record(started.saturating_duration_since(self.clock.deadline(n)));
@@ -507,6 +730,8 @@ impl Voice {
             self.submit_next(state);
         }
         let spent = started.elapsed();
+        m.tick_work.record(spent);
+        m.own.record(handoff + spent);
         match (&mut state.in_flight, state.backlog.back_mut()) {
             (_, Some(waiting)) if waiting.tick == n => waiting.intake_overhead = spent,
             (Some(flying), _) if flying.tick == n => flying.intake_overhead = spent,
@@ -552,16 +777,17 @@ impl Voice {
         m.steps.fetch_add(1, Ordering::Relaxed);
         m.compute.record(done.compute);
         if let Some(error) = done.error {
+            // Counted and kept here; logged by the model thread (the loop never writes to
+            // a terminal or a file).
             m.step_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tick = done.tick, %error, "voice step error");
             m.set_last_error(error);
         }
         if let Some(status) = done.status {
-            m.set_model_status(status);
+            m.model_status.store(status);
         }
         state.pool.push(done.user);
 
-        let agent: AgentFrame = Arc::from(done.output.agent);
+        let agent = agent_frame(&mut state.agent_frames, &done.output.agent);
         let agent_rms = rms(&agent);
         // Nobody listening is fine; a lagging listener skips frames on its own side.
         let _ = self.audio_out.send(agent);
@@ -604,22 +830,17 @@ impl Voice {
         m.overhead.record(frame.intake_overhead + started.elapsed());
     }
 
-    fn snapshot(&self, state: &VoiceState) -> serde_json::Value {
-        let mut value = serde_json::to_value(
-            self.metrics
-                .report(self.worker.backend(), self.worker.accepts_text()),
-        )
-        .unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.insert(
-                "in_flight".into(),
-                state.in_flight.as_ref().map(|f| f.tick).into(),
-            );
-            map.insert("backlog".into(), state.backlog.len().into());
-            map.insert("heard_waiting".into(), state.heard.len().into());
-            map.insert("inbox_dropped_samples".into(), self.inbox.dropped().into());
-        }
-        value
+    /// Publish what snapshots report, after each message (plain atomic stores).
+    fn publish(&self, state: &VoiceState) {
+        let m = &self.metrics;
+        let in_flight = state.in_flight.as_ref().map_or(NONE_IN_FLIGHT, |f| f.tick);
+        m.in_flight.store(in_flight, Ordering::Relaxed);
+        m.backlog
+            .store(state.backlog.len() as u64, Ordering::Relaxed);
+        m.heard_waiting
+            .store(state.heard.len() as u64, Ordering::Relaxed);
+        m.inbox_dropped
+            .store(self.inbox.dropped(), Ordering::Relaxed);
     }
 }
 
@@ -633,6 +854,8 @@ impl Actor for Voice {
         myself: ActorRef<VoiceMsg>,
         _: (),
     ) -> Result<VoiceState, ActorProcessingErr> {
+        // This runs on the loop's thread: count its allocations (if anything counts).
+        mark_current_thread(LoopThread::Loop);
         // Registered before the first message is handled, so no step result can miss it.
         self.slot.set(myself.clone());
         let ticker = spawn_ticker(
@@ -655,6 +878,7 @@ impl Actor for Voice {
             pool: (0..self.config.backlog_frames + 2)
                 .map(|_| vec![0.0; FRAME_SAMPLES])
                 .collect(),
+            agent_frames: Vec::with_capacity(AGENT_FRAME_POOL),
         })
     }
 
@@ -665,7 +889,7 @@ impl Actor for Voice {
         state: &mut VoiceState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            VoiceMsg::Tick { n } => self.on_tick(state, n),
+            VoiceMsg::Tick { n, sent } => self.on_tick(state, n, sent),
             VoiceMsg::StepDone(done) => self.on_step_done(state, *done),
             VoiceMsg::Hear { text } => {
                 if state.heard.len() < MAX_HEARD {
@@ -674,12 +898,10 @@ impl Actor for Voice {
                     tracing::warn!("typed text dropped: {MAX_HEARD} utterances already waiting");
                 }
             }
-            VoiceMsg::Snapshot(reply) => {
-                let _ = reply.send(self.snapshot(state));
-            }
             #[cfg(feature = "fault-injection")]
             VoiceMsg::Crash => panic!("injected fault in voice"),
         }
+        self.publish(state);
         self.slot.stats().mark_handled();
         Ok(())
     }

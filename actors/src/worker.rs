@@ -1,8 +1,11 @@
 //! The voice model's own OS thread. The voice actor hands it one frame at a time through a
 //! bounded channel and gets the result back as a message; model compute never runs on the
 //! async workers, and the thread (with the loaded weights) outlives restarts of the actor.
+//! It runs at real-time priority where the OS allows (see [`crate::realtime`]): a step that
+//! waits behind a neighbour's build is an overrun.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,8 +37,9 @@ pub struct StepDone {
     pub error: Option<String>,
     /// The user frame buffer, handed back for reuse.
     pub user: Vec<f32>,
-    /// A fresh backend status, about once a second.
-    pub status: Option<serde_json::Value>,
+    /// A fresh backend status, about once a second (built here, so the loop only swaps it
+    /// in).
+    pub status: Option<Arc<serde_json::Value>>,
 }
 
 /// Owner of the model thread.
@@ -55,10 +59,16 @@ impl std::fmt::Debug for ModelWorker {
 }
 
 impl ModelWorker {
-    /// Start the thread. `deliver` is called on the model thread with every result; it must
-    /// not block (the voice handle's cast does not).
-    pub fn spawn<F>(mut model: Box<dyn VoiceModel>, deliver: F) -> std::io::Result<Self>
+    /// Start the thread. `on_start` runs first on the new thread (to raise its priority);
+    /// `deliver` is called on the model thread with every result; it must not block (the
+    /// voice handle's cast does not).
+    pub fn spawn<S, F>(
+        mut model: Box<dyn VoiceModel>,
+        on_start: S,
+        deliver: F,
+    ) -> std::io::Result<Self>
     where
+        S: FnOnce() + Send + 'static,
         F: Fn(StepDone) + Send + 'static,
     {
         let backend = model.backend();
@@ -69,11 +79,16 @@ impl ModelWorker {
         let thread = std::thread::Builder::new()
             .name("voice-model".into())
             .spawn(move || {
+                on_start();
                 tracing::info!(backend, "voice model thread started");
                 let mut steps: u64 = 0;
+                let mut errors = ErrorLog::default();
                 while let Ok(req) = rx.recv() {
                     let done = run_step(model.as_mut(), req, steps % STATUS_EVERY == 0);
                     steps += 1;
+                    if let Some(error) = &done.error {
+                        errors.note(done.tick, error);
+                    }
                     deliver(done);
                 }
                 tracing::info!(backend, steps, "voice model thread finished");
@@ -111,6 +126,29 @@ impl ModelWorker {
             if thread.join().is_err() {
                 tracing::error!(backend = self.backend, "voice model thread panicked");
             }
+        }
+    }
+}
+
+/// Step errors go to the log at most this often (the rest are counted in the metrics): a
+/// model failing every step must not make its thread write 12 lines a second.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Rate-limited logging of step errors, on the model thread (the loop never logs).
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl ErrorLog {
+    fn note(&mut self, tick: u64, error: &str) {
+        if self.last.is_none_or(|at| at.elapsed() >= ERROR_LOG_EVERY) {
+            tracing::warn!(tick, %error, more_since_last = self.unlogged, "voice step error");
+            self.last = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
         }
     }
 }
@@ -156,7 +194,7 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool)
             silence()
         }
     };
-    let status = (want_status || !errors.is_empty()).then(|| model.status());
+    let status = (want_status || !errors.is_empty()).then(|| Arc::new(model.status()));
     StepDone {
         tick: req.tick,
         output,

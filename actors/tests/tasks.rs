@@ -31,7 +31,10 @@ impl VoiceModel for Quiet {
 
 async fn brain(redeliver_after: Duration) -> BrainHandle {
     let config = BrainConfig {
-        tasks: TasksConfig { redeliver_after },
+        tasks: TasksConfig {
+            redeliver_after,
+            ..TasksConfig::default()
+        },
         ..BrainConfig::default()
     };
     let ports = BrainPorts {
@@ -175,16 +178,11 @@ async fn tasks_reach_the_body_and_its_reports_walk_the_lifecycle() {
 }
 
 #[tokio::test]
-async fn one_body_at_a_time_and_a_new_body_gets_every_unfinished_task_again() {
+async fn a_new_body_replaces_the_old_one_and_gets_every_unfinished_task_again() {
     let brain = brain(Duration::from_secs(60)).await;
     let tasks = brain.tasks.clone();
     let (tx, mut rx) = mpsc::channel(16);
     let first = tasks.attach_body(tx).await.unwrap();
-    let (tx2, _rx2) = mpsc::channel(16);
-    assert!(matches!(
-        tasks.attach_body(tx2).await.unwrap_err(),
-        TaskError::BodyBusy
-    ));
 
     let a = tasks
         .create(args("cup"), TaskSource::Api, None)
@@ -205,22 +203,52 @@ async fn one_body_at_a_time_and_a_new_body_gets_every_unfinished_task_again() {
         .await
         .unwrap();
 
-    // The body drops off and comes back: the unfinished task is sent again, the failed one not.
-    tasks.detach_body(first);
-    drop(rx);
-    let (tx3, mut rx3) = mpsc::channel(16);
-    let second = tasks.attach_body(tx3).await.unwrap();
+    // The robot reconnects while its old session still looks attached (its Wi-Fi dropped
+    // without a word): the new one takes the seat, and gets the unfinished task again,
+    // not the failed one.
+    let (tx2, mut rx2) = mpsc::channel(16);
+    let second = tasks.attach_body(tx2).await.unwrap();
     assert_ne!(first, second);
-    let again = next_call(&mut rx3).await;
+    let again = next_call(&mut rx2).await;
     assert_eq!(id_of(&again), a.id);
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), rx3.recv())
+        tokio::time::timeout(Duration::from_millis(200), rx2.recv())
             .await
             .is_err(),
         "only the unfinished one"
     );
+    // The old session's outbox is closed (its socket is closed with it), and what it still
+    // says is refused.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .expect("the old outbox closes")
+            .is_none()
+    );
+    assert!(matches!(
+        tasks
+            .body_report(first, report(&a.id, BodyState::Succeeded))
+            .await
+            .unwrap_err(),
+        TaskError::Detached
+    ));
+    // The old session's late goodbye does not detach the new body.
+    tasks.detach_body(first);
+    tasks
+        .body_report(second, report(&a.id, BodyState::Running))
+        .await
+        .unwrap();
+    assert!(tasks.summary().await.unwrap().body_attached);
     let t = tasks.get(&a.id).await.unwrap();
     assert_eq!((t.state, t.deliveries), (TaskState::Running, 2));
+
+    // A body that drops off and comes back gets it once more.
+    tasks.detach_body(second);
+    drop(rx2);
+    let (tx3, mut rx3) = mpsc::channel(16);
+    let third = tasks.attach_body(tx3).await.unwrap();
+    assert_ne!(second, third);
+    assert_eq!(id_of(&next_call(&mut rx3).await), a.id);
     brain.stop().await;
 }
 
@@ -270,4 +298,178 @@ async fn an_unacknowledged_task_is_sent_again_and_cancel_reaches_the_body() {
         "{snapshot}"
     );
     brain.stop().await;
+}
+
+/// A brain whose ledger has the given bounds.
+async fn bounded(max_unfinished: usize, retain_finished: usize) -> BrainHandle {
+    let config = BrainConfig {
+        tasks: TasksConfig {
+            redeliver_after: Duration::from_secs(60),
+            max_unfinished,
+            retain_finished,
+        },
+        ..BrainConfig::default()
+    };
+    let ports = BrainPorts {
+        model: Box::new(Quiet),
+        planner: Arc::new(RulePlanner::default()),
+        store: Arc::new(MemoryTaskStore::default()),
+    };
+    BrainHandle::start(config, ports).await.unwrap()
+}
+
+fn new(object: &str) -> creature_actors::ports::NewTask {
+    creature_actors::ports::NewTask {
+        arguments: args(object),
+        source: TaskSource::Api,
+        plan: None,
+    }
+}
+
+#[tokio::test]
+async fn the_bound_on_unfinished_tasks_refuses_whole_plans_and_counts_exactly() {
+    let brain = bounded(5, 100).await;
+    let tasks = brain.tasks.clone();
+    let made = tasks
+        .create_many((0..3).map(|i| new(&format!("cup {i}"))).collect())
+        .await
+        .unwrap();
+    assert_eq!(made.len(), 3);
+    // A plan of three does not fit next to three unfinished: none of it is filed.
+    let err = tasks
+        .create_many((0..3).map(|i| new(&format!("ball {i}"))).collect())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TaskError::TooManyUnfinished {
+                unfinished: 3,
+                max: 5,
+                wanted: 3
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cancel --all"), "{err}");
+    assert_eq!(tasks.list().await.unwrap().len(), 3, "nothing half-filed");
+    // An invalid step refuses the whole plan too.
+    let mut bad = new("");
+    bad.arguments.object = " ".into();
+    let err = tasks.create_many(vec![new("pen"), bad]).await.unwrap_err();
+    assert!(matches!(err, TaskError::Invalid(_)), "{err}");
+    assert_eq!(tasks.list().await.unwrap().len(), 3);
+    // Two fit exactly; the next one is refused.
+    tasks.create_many(vec![new("a"), new("b")]).await.unwrap();
+    let err = tasks
+        .create(args("c"), TaskSource::Api, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TaskError::TooManyUnfinished { unfinished: 5, .. }),
+        "{err}"
+    );
+    // Cancelling makes room.
+    let cancelled = tasks
+        .cancel_all(creature_actors::tasks::CancelFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled,
+        ["task-1", "task-2", "task-3", "task-4", "task-5"]
+    );
+    let t = tasks
+        .create(args("c"), TaskSource::Api, None)
+        .await
+        .unwrap();
+    assert_eq!(t.id, "task-6", "ids stay dense");
+}
+
+#[tokio::test]
+async fn cancel_all_follows_its_filter_and_tells_the_body() {
+    let brain = bounded(100, 100).await;
+    let tasks = brain.tasks.clone();
+    let pending = tasks
+        .create(args("cup"), TaskSource::Api, None)
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let _session = tasks.attach_body(tx).await.unwrap();
+    assert_eq!(id_of(&next_call(&mut rx).await), pending.id);
+    let from_monologue = tasks
+        .create(args("ball"), TaskSource::Monologue, None)
+        .await
+        .unwrap();
+    assert_eq!(id_of(&next_call(&mut rx).await), from_monologue.id);
+    let filter = creature_actors::tasks::CancelFilter {
+        states: vec![TaskState::Dispatched],
+        source: Some(TaskSource::Monologue),
+    };
+    assert_eq!(
+        tasks.cancel_all(filter).await.unwrap(),
+        std::slice::from_ref(&from_monologue.id)
+    );
+    assert!(
+        matches!(next_call(&mut rx).await, BodyCommand::Cancel { id } if id == from_monologue.id)
+    );
+    assert_eq!(
+        tasks.get(&pending.id).await.unwrap().state,
+        TaskState::Dispatched,
+        "the other one is left alone"
+    );
+    let page = tasks
+        .page(creature_actors::ports::PageQuery {
+            after: None,
+            limit: 10,
+            order: creature_actors::ports::PageOrder::Desc,
+            states: vec![TaskState::Cancelled],
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.tasks[0].id, from_monologue.id);
+}
+
+#[tokio::test]
+async fn finished_tasks_past_retention_leave_the_ledger_unfinished_ones_stay() {
+    let brain = bounded(100, 3).await;
+    let tasks = brain.tasks.clone();
+    for i in 0..12 {
+        let t = tasks
+            .create(args(&format!("cup {i}")), TaskSource::Api, None)
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            tasks.cancel(&t.id).await.unwrap();
+        }
+    }
+    let ids: Vec<String> = tasks
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    // Unfinished: 2, 4, 6, 8, 10, 12; the newest three finished: 7, 9, 11.
+    assert_eq!(
+        ids,
+        [
+            "task-2", "task-4", "task-6", "task-7", "task-8", "task-9", "task-10", "task-11",
+            "task-12"
+        ]
+    );
+    let summary = tasks.summary().await.unwrap();
+    assert_eq!(summary.total, 9);
+    assert_eq!(summary.by_state["cancelled"], 3);
+    // Numeric order in memory too: task-10 after task-9 on the way to a body.
+    let (tx, mut rx) = mpsc::channel(16);
+    tasks.attach_body(tx).await.unwrap();
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        sent.push(id_of(&next_call(&mut rx).await).to_string());
+    }
+    assert_eq!(
+        sent,
+        ["task-2", "task-4", "task-6", "task-8", "task-10", "task-12"]
+    );
 }

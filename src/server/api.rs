@@ -3,11 +3,15 @@
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use creature_actors::intent;
-use creature_actors::ports::{Action, PhysicalTask, TaskSource};
+use creature_actors::ports::{
+    Action, PageOrder, PageQuery, PhysicalTask, TaskSource, TaskState, id_number,
+};
+use creature_actors::tasks::CancelFilter;
 use creature_actors::voice::HearError;
 use serde::Deserialize;
 use serde_json::json;
@@ -169,8 +173,169 @@ pub(super) async fn create_task(
         .into_response())
 }
 
-pub(super) async fn list_tasks(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(state.brain().tasks.list().await?).into_response())
+/// Tasks per page of `GET /api/tasks` unless `limit` says otherwise.
+pub(super) const DEFAULT_PAGE: usize = 50;
+/// The largest page `GET /api/tasks` serves.
+pub(super) const MAX_PAGE: usize = 500;
+
+fn invalid_query(detail: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_query", detail)
+}
+
+/// States named in a `state` parameter: `pending`, ..., or `unfinished` / `finished`.
+fn parse_states(value: &str, into: &mut Vec<TaskState>) -> Result<(), ApiError> {
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let named: Vec<TaskState> = match name {
+            "unfinished" => TaskState::ALL
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .collect(),
+            "finished" => TaskState::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect(),
+            _ => match TaskState::ALL.into_iter().find(|s| s.as_str() == name) {
+                Some(s) => vec![s],
+                None => {
+                    let known: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+                    return Err(invalid_query(format!(
+                        "unknown state {:?}; use {}, unfinished or finished",
+                        creature_actors::text::printable(name),
+                        known.join(", ")
+                    )));
+                }
+            },
+        };
+        for s in named {
+            if !into.contains(&s) {
+                into.push(s);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `GET /api/tasks?limit=50&cursor=task-120&state=pending,running&order=desc`.
+fn page_query(params: &[(String, String)]) -> Result<PageQuery, ApiError> {
+    let mut query = PageQuery {
+        after: None,
+        limit: DEFAULT_PAGE,
+        order: PageOrder::Desc,
+        states: Vec::new(),
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "limit" => {
+                // Past the largest page: the largest page (the caller pages on from there).
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        invalid_query(format!(
+                            "`limit` must be a whole number from 1 (at most {MAX_PAGE} are served)"
+                        ))
+                    })?
+                    .min(MAX_PAGE);
+            }
+            "cursor" if value.is_empty() => query.after = None,
+            "cursor" => {
+                let n = id_number(value)
+                    .or_else(|| value.parse().ok())
+                    .ok_or_else(|| {
+                        invalid_query(
+                            "`cursor` must be the `next_cursor` of the previous page (a task id)",
+                        )
+                    })?;
+                query.after = Some(n);
+            }
+            "state" => parse_states(value, &mut query.states)?,
+            "order" => {
+                query.order = match value.as_str() {
+                    "asc" => PageOrder::Asc,
+                    "desc" => PageOrder::Desc,
+                    _ => return Err(invalid_query("`order` is `asc` or `desc`")),
+                }
+            }
+            other => {
+                return Err(invalid_query(format!(
+                    "unknown parameter {:?}; use limit, cursor, state, order",
+                    creature_actors::text::printable(other)
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// `GET /api/tasks`: one page of the ledger, newest first unless `order=asc`:
+/// `{"tasks": [...], "next_cursor": "task-71" | null, "total": n}`.
+pub(super) async fn list_tasks(
+    State(state): State<AppState>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| invalid_query(e.body_text()))?;
+    let query = page_query(&params)?;
+    Ok(Json(state.brain().tasks.page(query).await?).into_response())
+}
+
+/// Body of `POST /api/tasks/cancel` (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CancelRequest {
+    /// One state or several (`"pending"`, `["pending", "running"]`, `"unfinished"`).
+    #[serde(default)]
+    state: Option<OneOrMany>,
+    #[serde(default)]
+    source: Option<TaskSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /api/tasks/cancel`: cancel every unfinished task, or those of the given state(s)
+/// and source; `{"cancelled": [ids...]}`.
+pub(super) async fn cancel_tasks(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::unprocessable("invalid_body", e.to_string())
+            } else {
+                ApiError::bad_request("malformed_json", e.to_string())
+            }
+        })?
+    };
+    let mut states = Vec::new();
+    match &req.state {
+        None => Ok(()),
+        Some(OneOrMany::One(s)) => parse_states(s, &mut states),
+        Some(OneOrMany::Many(all)) => all.iter().try_for_each(|s| parse_states(s, &mut states)),
+    }
+    .map_err(|e| ApiError::unprocessable("invalid_body", e.detail))?;
+    if let Some(done) = states.iter().find(|s| s.is_terminal()) {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!(
+                "{} tasks are finished; only unfinished ones can be cancelled",
+                done.as_str()
+            ),
+        ));
+    }
+    let filter = CancelFilter {
+        states,
+        source: req.source,
+    };
+    let cancelled = state.brain().tasks.cancel_all(filter).await?;
+    Ok(Json(json!({ "cancelled": cancelled })).into_response())
 }
 
 pub(super) async fn get_task(

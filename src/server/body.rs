@@ -1,8 +1,10 @@
 //! `WS /ws/body`: the robot body's connection (`docs/body-protocol.md`). The brain sends
 //! `tool_call` and `cancel`; the body answers `status`. A bearer token guards the door, one
-//! body is attached at a time, and whatever a body sends that is not a valid report (bad
-//! JSON, unknown tasks, states out of order, floods) is answered with an error message on
-//! the socket and counted, while the ledger and the brain carry on untouched.
+//! body is attached at a time (the newest: a body that reconnects replaces its old session,
+//! which is closed with 4001), the socket is pinged and closed when idle, and whatever a
+//! body sends that is not a valid report (bad JSON, unknown tasks, states out of order,
+//! floods) is answered with an error message on the socket and counted, while the ledger
+//! and the brain carry on untouched.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,20 +12,23 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use creature_actors::ports::{BodyCommand, BodyReport, BodyState};
 use creature_actors::tasks::{TaskError, TasksHandle};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{Sink, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::AppState;
 use super::error::ApiError;
+use super::ws::{CloseReason, LinkTiming, SessionEnd, finish, next_within, pinger, send_within};
 
 /// Tool calls waiting to be written to the body's socket.
 const OUTBOX: usize = 256;
+/// Replies (errors) waiting for the writer.
+const REPLIES: usize = 64;
 /// Largest message a body may send.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -36,40 +41,26 @@ pub(super) struct BodyCounters {
     pub(super) rate_limited: AtomicU64,
 }
 
-/// Compare without leaking, through timing, how much of a guess was right.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
 pub(super) async fn body(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
     State(state): State<AppState>,
 ) -> Response {
     let counters = Arc::clone(&state.inner.body);
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    match presented {
+    // The access token or `[body] token` (the guard's rule: not the development one while
+    // auth is on), compared in constant time.
+    let presented = super::guard::presented_tokens(&headers);
+    match presented.first() {
         None => {
             counters.refused_auth.fetch_add(1, Ordering::Relaxed);
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "send `Authorization: Bearer <token>` with the token from [body] token in the brain's config",
+                "send `Authorization: Bearer <token>` with the access token or [body] token from the brain's config",
             )
             .into_response();
         }
-        Some(token) if !same_secret(token.trim(), &state.config().body.token) => {
+        Some(_) if !presented.iter().any(|t| state.inner.guard.body_token_ok(t)) => {
             counters.refused_auth.fetch_add(1, Ordering::Relaxed);
             return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong body token")
                 .into_response();
@@ -78,16 +69,11 @@ pub(super) async fn body(
     }
     let tasks = state.brain().tasks.clone();
     let (outbox, commands) = mpsc::channel(OUTBOX);
+    // The newest body takes the seat: a robot that reconnects after its Wi-Fi dropped is
+    // not kept out by its own dead connection. The old session's outbox closes, so its
+    // socket is closed with 4001, and this one gets every unfinished task again.
     let session = match tasks.attach_body(outbox).await {
         Ok(session) => session,
-        Err(TaskError::BodyBusy) => {
-            return ApiError::new(
-                StatusCode::CONFLICT,
-                "body_busy",
-                "a body is already connected; one body at a time",
-            )
-            .into_response();
-        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     counters.sessions.fetch_add(1, Ordering::Relaxed);
@@ -97,11 +83,16 @@ pub(super) async fn body(
         session,
     };
     let rate = state.config().body.max_messages_per_sec;
-    ws.max_message_size(MAX_MESSAGE)
+    let timing = LinkTiming::from_config(&state.config().server);
+    ws.protocols(["creature"])
+        .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _detach = detach;
             let (sink, stream) = socket.split();
-            body_session(sink, stream, commands, &tasks, session, rate, &counters).await;
+            body_session(
+                sink, stream, commands, &tasks, session, rate, timing, &counters,
+            )
+            .await;
         })
 }
 
@@ -205,11 +196,14 @@ fn error_message(error: &str, detail: String, id: Option<&str>) -> String {
     v.to_string()
 }
 
-async fn send<Si: Sink<Message> + Unpin>(sink: &mut Si, text: String) -> bool {
-    sink.send(Message::Text(text.into())).await.is_ok()
+fn text(s: String) -> Message {
+    Message::Text(s.into())
 }
 
-/// Run one body's session until either side goes away.
+/// Run one body's session until either side goes away, the body goes idle, or a newer
+/// body replaces it (the tasks actor drops `commands`: the socket is closed with 4001).
+/// The writer sends tool calls, replies and pings; the reader applies reports.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn body_session<Si, St, E>(
     mut sink: Si,
     mut stream: St,
@@ -217,109 +211,196 @@ pub(super) async fn body_session<Si, St, E>(
     tasks: &TasksHandle,
     session: u64,
     rate: u32,
+    timing: LinkTiming,
     counters: &BodyCounters,
-) where
+) -> SessionEnd
+where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
 {
-    let hello = json!({"type": "hello", "session": session, "protocol": 1});
-    if !send(&mut sink, hello.to_string()).await {
-        return;
-    }
-    let mut limit = RateLimit::new(rate, Instant::now());
-    loop {
-        // Over the rate, the body's socket is not read until its next message is due.
-        let paused_until = limit.paused_until(Instant::now());
-        let resume = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now).into());
-        tokio::select! {
-            command = commands.recv() => {
-                let Some(command) = command else { break };
-                let text = serde_json::to_string(&command).unwrap_or_default();
-                if !send(&mut sink, text).await {
-                    break;
+    let (replies_tx, mut replies) = mpsc::channel::<String>(REPLIES);
+    let end = {
+        let writer = async {
+            let hello = json!({"type": "hello", "session": session, "protocol": 1});
+            if !send_within(&mut sink, text(hello.to_string()), timing.send_within).await {
+                return SessionEnd::Stalled;
+            }
+            let mut ping = pinger(timing);
+            loop {
+                let msg = tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(command) => text(serde_json::to_string(&command).unwrap_or_default()),
+                        None => return SessionEnd::Closed(CloseReason::Replaced),
+                    },
+                    Some(reply) = replies.recv() => text(reply),
+                    _ = ping.tick() => Message::Ping(Default::default()),
+                };
+                if !send_within(&mut sink, msg, timing.send_within).await {
+                    return SessionEnd::Stalled;
                 }
             }
-            () = resume, if paused_until.is_some() => {}
-            incoming = stream.next(), if paused_until.is_none() => {
-                let text = match incoming {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
-                        counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-                        if !send(&mut sink, error_message("malformed_message", "binary messages are not part of the body protocol; send JSON text".into(), None)).await {
-                            break;
-                        }
-                        continue;
-                    }
-                    Some(Ok(_)) => continue, // ping/pong
+        };
+        let reader = async {
+            let mut limit = RateLimit::new(rate, Instant::now());
+            loop {
+                // Over the rate, the body's socket is not read until its next message is due.
+                if let Some(due) = limit.paused_until(Instant::now()) {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let msg = match next_within(&mut stream, timing.idle_after).await {
+                    Ok(msg) => msg,
+                    Err(end) => return end,
                 };
-                match limit.admit(Instant::now()) {
-                    Admit::Free => {}
-                    Admit::Throttled => {
-                        counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        // Say so once per burst: answering every message would double it.
-                        if limit.throttled_in_a_row == 1
-                            && !send(&mut sink, error_message("rate_limited", format!("more than {rate} messages a second; reading them at that rate (none are dropped)"), None)).await
-                        {
-                            break;
-                        }
-                    }
-                    Admit::Flooding => {
-                        tracing::warn!(session, "body kept flooding; disconnecting it");
-                        let _ = send(&mut sink, error_message("flooding", "over the message rate for ten seconds without a break; disconnected (unfinished tasks are sent again when you reconnect)".into(), None)).await;
-                        break;
+                // A full reply queue waits for the writer, which gives up within the send
+                // timeout: replies are not dropped, and the body's reports stay in order.
+                let handled = read_one(msg, &mut limit, tasks, session, rate, counters).await;
+                for reply in handled.replies {
+                    if replies_tx.send(reply).await.is_err() {
+                        return SessionEnd::Stalled;
                     }
                 }
-                let reply = match serde_json::from_str::<FromBody>(&text) {
-                    Err(e) => {
-                        counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-                        Some(error_message("malformed_message", format!("{e}; expected {{\"type\":\"status\",\"id\":...,\"state\":...}}"), None))
-                    }
-                    Ok(FromBody::Hello { name }) => {
-                        tracing::info!(session, name = name.as_deref().unwrap_or("unnamed"), "body said hello");
-                        None
-                    }
-                    Ok(FromBody::Status { id, state, detail, progress }) => {
-                        let report = BodyReport { id: id.clone(), state, detail, progress };
-                        match tasks.body_report(session, report).await {
-                            Ok(_) => None,
-                            Err(e) => {
-                                counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-                                let code = match &e {
-                                    TaskError::NotFound(_) => "unknown_task",
-                                    TaskError::Lifecycle(_) => "out_of_order",
-                                    TaskError::Invalid(_) => "invalid_status",
-                                    TaskError::Detached => "detached",
-                                    _ => "unavailable",
-                                };
-                                tracing::debug!(session, %id, cause = %e, "body report refused");
-                                Some(error_message(code, e.to_string(), Some(&id)))
-                            }
-                        }
-                    }
-                };
-                if let Some(reply) = reply {
-                    if !send(&mut sink, reply).await {
-                        break;
-                    }
+                if handled.flooding {
+                    return SessionEnd::Closed(CloseReason::Flooding);
+                }
+            }
+        };
+        tokio::select! {
+            end = writer => end,
+            end = reader => end,
+        }
+    };
+    if let SessionEnd::Closed(_) = end {
+        // Say what is still queued (the flooding notice, say) before the close frame.
+        while let Ok(reply) = replies.try_recv() {
+            if !send_within(&mut sink, text(reply), timing.send_within).await {
+                break;
+            }
+        }
+    }
+    finish(&mut sink, &mut stream, end, timing).await;
+    tracing::info!(session, end = ?end, "body session ended");
+    end
+}
+
+/// What one message from the body asks of the session.
+#[derive(Debug, Default)]
+struct Handled {
+    /// Sent back to the body, in order.
+    replies: Vec<String>,
+    /// The body is flooding: the session ends after the replies.
+    flooding: bool,
+}
+
+/// Handle one message from the body.
+async fn read_one(
+    msg: Message,
+    limit: &mut RateLimit,
+    tasks: &TasksHandle,
+    session: u64,
+    rate: u32,
+    counters: &BodyCounters,
+) -> Handled {
+    let mut out = Handled::default();
+    let text = match msg {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+            out.replies.push(error_message(
+                "malformed_message",
+                "binary messages are not part of the body protocol; send JSON text".into(),
+                None,
+            ));
+            return out;
+        }
+        _ => return out, // ping, pong
+    };
+    match limit.admit(Instant::now()) {
+        Admit::Free => {}
+        Admit::Throttled => {
+            counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            // Say so once per burst: answering every message would double it.
+            if limit.throttled_in_a_row == 1 {
+                out.replies.push(error_message(
+                    "rate_limited",
+                    format!("more than {rate} messages a second; reading them at that rate (none are dropped)"),
+                    None,
+                ));
+            }
+        }
+        Admit::Flooding => {
+            tracing::warn!(session, "body kept flooding; disconnecting it");
+            out.replies.push(error_message(
+                "flooding",
+                "over the message rate for ten seconds without a break; disconnected (unfinished tasks are sent again when you reconnect)".into(),
+                None,
+            ));
+            out.flooding = true;
+            return out;
+        }
+    }
+    out.replies
+        .extend(apply(&text, tasks, session, counters).await);
+    out
+}
+
+/// Apply one text message (a report, a hello); the error to send back, if any.
+async fn apply(
+    text: &str,
+    tasks: &TasksHandle,
+    session: u64,
+    counters: &BodyCounters,
+) -> Option<String> {
+    match serde_json::from_str::<FromBody>(text) {
+        Err(e) => {
+            counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+            Some(error_message(
+                "malformed_message",
+                format!("{e}; expected {{\"type\":\"status\",\"id\":...,\"state\":...}}"),
+                None,
+            ))
+        }
+        Ok(FromBody::Hello { name }) => {
+            tracing::info!(
+                session,
+                name = name.as_deref().unwrap_or("unnamed"),
+                "body said hello"
+            );
+            None
+        }
+        Ok(FromBody::Status {
+            id,
+            state,
+            detail,
+            progress,
+        }) => {
+            let report = BodyReport {
+                id: id.clone(),
+                state,
+                detail,
+                progress,
+            };
+            match tasks.body_report(session, report).await {
+                Ok(_) => None,
+                Err(e) => {
+                    counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+                    let code = match &e {
+                        TaskError::NotFound(_) => "unknown_task",
+                        TaskError::Lifecycle(_) => "out_of_order",
+                        TaskError::Invalid(_) => "invalid_status",
+                        TaskError::Detached => "detached",
+                        _ => "unavailable",
+                    };
+                    tracing::debug!(session, id = %creature_actors::text::printable(&id), cause = %e, "body report refused");
+                    Some(error_message(code, e.to_string(), Some(&id)))
                 }
             }
         }
     }
-    tracing::info!(session, "body session ended");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
-        assert!(!same_secret("", "a"));
-    }
 
     #[test]
     fn the_rate_limit_passes_a_burst_then_paces_and_never_drops() {

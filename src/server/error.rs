@@ -111,9 +111,12 @@ impl From<TaskError> for ApiError {
             TaskError::NotFound(_) => Self::not_found(e.to_string()),
             TaskError::Invalid(_) => Self::unprocessable("invalid_task", e.to_string()),
             TaskError::Lifecycle(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            TaskError::BodyBusy | TaskError::Detached => {
-                Self::new(StatusCode::CONFLICT, "body_busy", e.to_string())
-            }
+            TaskError::Detached => Self::new(StatusCode::CONFLICT, "detached", e.to_string()),
+            TaskError::TooManyUnfinished { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_unfinished",
+                e.to_string(),
+            ),
             TaskError::Call(c) => c.into(),
             TaskError::Store(s) => Self::internal(s),
         }

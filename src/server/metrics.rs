@@ -1,5 +1,8 @@
 //! `GET /metrics`: Prometheus text exposition. Latencies are summaries in seconds (the
-//! Prometheus convention), read straight from the loop's lock-free histograms.
+//! Prometheus convention), read straight from the loop's lock-free histograms; nothing here
+//! sends the loop a message or takes a lock it takes. Each tick's lateness is split into the
+//! host's part (`creature_tick_wake_lateness_seconds`, with the host's steal beside it) and
+//! the brain's own (`creature_tick_handoff_seconds`, `creature_tick_loop_seconds`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -142,6 +145,52 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "User frame taken in to agent frame out.",
         &m.step_latency,
     );
+    out.summary(
+        "creature_tick_wake_lateness_seconds",
+        "Tick deadline to the ticker thread awake: the kernel's and the host's part of a tick's lateness.",
+        &m.wake,
+    );
+    out.summary(
+        "creature_tick_handoff_seconds",
+        "The ticker hands a tick over to the loop thread starting on it (the brain's own part).",
+        &m.handoff,
+    );
+    out.summary(
+        "creature_tick_loop_seconds",
+        "The loop's own work on a tick (the brain's own part).",
+        &m.tick_work,
+    );
+    out.summary(
+        "creature_tick_own_lateness_seconds",
+        "Hand-off plus the loop's work, per tick: the brain's own part of a tick's lateness.",
+        &m.own,
+    );
+    if let Some(steal) = creature_actors::realtime::host_steal() {
+        out.single(
+            "creature_host_steal_seconds_total",
+            "counter",
+            "CPU time the hypervisor gave to other guests, all CPUs together, since boot (/proc/stat).",
+            steal.as_secs_f64(),
+        );
+    }
+    if let Some(a) = creature_actors::realtime::loop_allocations() {
+        out.header(
+            "creature_tick_allocations_total",
+            "counter",
+            "Heap allocations on the fast loop's threads (counted only in a build with alloc-count).",
+        );
+        for (thread, n) in [
+            ("ticker", a.ticker),
+            ("loop", a.voice_loop),
+            ("model", a.model),
+        ] {
+            out.value(
+                "creature_tick_allocations_total",
+                &format!("thread=\"{thread}\""),
+                n,
+            );
+        }
+    }
     out.single(
         "creature_audio_inbox_dropped_samples_total",
         "counter",

@@ -2,9 +2,13 @@
 //! drive it with `oneshot`; `serve` runs it on a listener until the shutdown future ends.
 
 mod api;
+mod assets;
 mod body;
 pub mod error;
+mod guard;
+pub mod listener;
 mod metrics;
+pub mod names;
 mod ws;
 
 use std::future::Future;
@@ -17,14 +21,16 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use creature_actors::BrainHandle;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use error::ApiError;
 
-pub use ws::{audio_session, f32_to_pcm16, face_session, pcm16_to_f32};
+pub use guard::{TOKEN_FILE, auth_required, load_or_create_token};
+pub use ws::{
+    CloseReason, LinkTiming, SessionEnd, audio_session, f32_to_pcm16, face_session, pcm16_to_f32,
+};
 
 const FACE_HTML: &str = include_str!("../../face/face.html");
 const INSPECTOR_HTML: &str = include_str!("../../face/inspector.html");
@@ -44,12 +50,17 @@ struct Shared {
     /// One audio session at a time: two microphones in one inbox would be noise.
     audio_busy: AtomicBool,
     body: Arc<body::BodyCounters>,
+    /// Host/Origin allow-lists, the access token and the request rate buckets.
+    guard: guard::Guard,
+    /// Who holds the face sockets and the audio seat (newest audio client wins).
+    seats: ws::Seats,
     /// Voice loop emits a frame's stats -> its face frame is written to a phone's socket.
     face_latency: creature_actors::histogram::LatencyHistogram,
 }
 
 impl AppState {
     pub fn new(brain: Arc<BrainHandle>, config: Config) -> Self {
+        let guard = guard::Guard::new(&config);
         AppState {
             inner: Arc::new(Shared {
                 brain,
@@ -58,6 +69,8 @@ impl AppState {
                 face_clients: AtomicUsize::new(0),
                 audio_busy: AtomicBool::new(false),
                 body: Arc::default(),
+                guard,
+                seats: ws::Seats::default(),
                 face_latency: Default::default(),
             }),
         }
@@ -71,6 +84,17 @@ impl AppState {
         &self.inner.config
     }
 
+    /// The access token: always when auth is on (`None` then means it could not be read and
+    /// nobody gets in), else only when `[server] token` sets one.
+    pub fn access_token(&self) -> Option<&str> {
+        self.inner.guard.access_token()
+    }
+
+    /// Whether every route but `/healthz` and the static pages needs the access token.
+    pub fn auth_on(&self) -> bool {
+        self.inner.guard.auth_on()
+    }
+
     /// How long face frames take from the voice loop to a phone's socket.
     pub fn face_latency(&self) -> &creature_actors::histogram::LatencyHistogram {
         &self.inner.face_latency
@@ -81,6 +105,7 @@ impl AppState {
         self.inner
             .audio_busy
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.seats.reserve_audio();
         tracing::info!(
             by = who,
             "phone audio sessions are off: the loop already has a microphone"
@@ -91,11 +116,19 @@ impl AppState {
 /// The router with every route of the API.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config().server.max_body_bytes;
+    let body_timeout = std::time::Duration::from_secs_f64(
+        state
+            .config()
+            .server
+            .body_read_timeout_secs
+            .clamp(0.001, 1e9),
+    );
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/face") }))
         .route("/healthz", get(api::healthz))
         .route("/face", get(|| async { page(FACE_HTML) }))
         .route("/inspector", get(|| async { page(INSPECTOR_HTML) }))
+        .route("/static/{*path}", get(assets::asset))
         .route("/ws/face", get(ws::face))
         .route("/ws/audio", get(ws::audio))
         .route("/ws/body", get(body::body))
@@ -103,9 +136,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/actors/{name}", get(api::actor))
         .route("/api/state", get(api::state))
         .route("/api/tasks", post(api::create_task).get(api::list_tasks))
+        .route("/api/tasks/cancel", post(api::cancel_tasks))
         .route("/api/tasks/{id}", get(api::get_task))
         .route("/api/tasks/{id}/cancel", post(api::cancel_task))
         .route("/api/hear", post(api::hear))
+        .route("/api/pair", get(crate::pairing::api_pair))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the API") })
         .method_not_allowed_fallback(|| async {
@@ -116,6 +151,21 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        // A body that trickles in is cut off (the handler sees a read error)...
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
+        // ...and one that declares more than the limit is refused before a byte is read.
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            listener::declared_length_limit,
+        ))
+        // Outermost, so nothing it refuses reaches any other layer or handler, and every
+        // response (its own refusals included) gets the security headers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -123,19 +173,38 @@ fn page(html: &'static str) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-cache")], Html(html))
 }
 
-/// Serve `app` on `listener` until `shutdown` completes, then finish open requests.
-pub async fn serve<F>(listener: TcpListener, state: AppState, shutdown: F) -> std::io::Result<()>
+/// Serve `app` on `listener` until `shutdown` completes, then finish open requests: HTTPS
+/// with `tls`, plain HTTP without. `pairing` (the phone links) answers `GET /api/pair`.
+pub async fn serve<F>(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pairing: Option<Arc<crate::pairing::Pairing>>,
+    shutdown: F,
+) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    // Small, latency-sensitive messages (face frames, tool calls): no Nagle batching, which
-    // with delayed ACKs can hold a message back for 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let server = &state.config().server;
+    let options = listener::ListenerOptions {
+        tls,
+        tls_handshake_timeout: secs_or(server.header_read_timeout_secs, 10.0),
+        header_read_timeout: secs_or(server.header_read_timeout_secs, 10.0),
+        drain_timeout: std::time::Duration::from_secs(5),
+    };
+    let mut router = app(state);
+    if let Some(pairing) = pairing {
+        router = router.layer(axum::Extension(pairing));
+    }
+    listener::serve(listener, router, options, shutdown).await
+}
+
+/// `secs` as a duration, or `default` when it is not a usable number of seconds.
+fn secs_or(secs: f64, default: f64) -> std::time::Duration {
+    let secs = if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+        secs
+    } else {
+        default
+    };
+    std::time::Duration::from_secs_f64(secs)
 }

@@ -1,15 +1,28 @@
-//! The two websockets. `/ws/face` pushes face frames (latest value: a slow phone skips
-//! frames, it never holds anyone up). `/ws/audio` carries the phone's microphone in and the
-//! creature's voice out as PCM16 LE, 24 kHz mono. Sessions are written over any
-//! `Sink`/`Stream` of messages, so tests can drive them with channels.
+//! The phone's websockets, and what keeps every websocket honest. `/ws/face` pushes face
+//! frames (latest value: a slow phone skips frames, it never holds anyone up). `/ws/audio`
+//! carries the phone's microphone in and the creature's voice out as PCM16 LE, 24 kHz mono.
+//! Sessions are written over any `Sink`/`Stream` of messages, so tests can drive them with
+//! channels.
+//!
+//! Every session (face, audio and the body's in `body.rs`) reads and writes independently:
+//! a reader that only reads (so a slow downlink never holds up the microphone), and a
+//! writer that pings every `ws_ping_interval_secs` and gives every write
+//! `ws_send_timeout_secs`. A socket that sends nothing, not even a pong, for
+//! `ws_idle_timeout_secs` is closed. When the server ends a socket it says why with a close
+//! frame ([`CloseReason`]). Nobody can hold a seat hostage: the audio seat goes to the
+//! newest client (the old one is closed with 4001), and past the face caps the oldest face
+//! is closed (4003) to seat the new one.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, StatusCode};
 use axum::response::{IntoResponse, Response};
 use creature_actors::audio::{AgentFrame, AudioInbox};
 use creature_actors::face::FaceUpdate;
@@ -18,106 +31,427 @@ use creature_actors::{FRAME_SAMPLES, SAMPLE_RATE};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::config::ServerConfig;
 
-/// A phone that takes longer than this to accept one message is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Protocol-level cap on any websocket message; the per-kind limits below are stricter
 /// and answered with a readable error instead of a closed socket.
 const MAX_WS_MESSAGE: usize = 1 << 20;
+/// Replies (errors, `hello_ok`) waiting for the writer. A client that floods the socket
+/// with bad messages and reads nothing loses replies past this, never its uplink.
+const REPLIES: usize = 64;
 
-/// Holds one unit of a counted resource (a face socket, the audio session) until dropped.
-struct Seat<F: FnMut()>(F);
+/// How every websocket is kept honest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkTiming {
+    /// The server pings this often.
+    pub ping_every: Duration,
+    /// Nothing received (no message, no pong) for this long: the socket is closed (4002).
+    pub idle_after: Duration,
+    /// One write may take this long; a peer that does not take it is dropped.
+    pub send_within: Duration,
+}
 
-impl<F: FnMut()> Drop for Seat<F> {
+impl Default for LinkTiming {
+    fn default() -> Self {
+        LinkTiming::from_config(&ServerConfig::default())
+    }
+}
+
+impl LinkTiming {
+    /// From `[server] ws_*`; nonsense values (negative, NaN) fall back to the defaults.
+    pub fn from_config(server: &ServerConfig) -> Self {
+        fn secs(v: f64, fallback: f64) -> Duration {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .unwrap_or_else(|| Duration::from_secs_f64(fallback))
+        }
+        LinkTiming {
+            ping_every: secs(server.ws_ping_interval_secs, 10.0),
+            idle_after: secs(server.ws_idle_timeout_secs, 30.0),
+            send_within: secs(server.ws_send_timeout_secs, 5.0),
+        }
+    }
+}
+
+/// Why the server closed a socket: the close frame's code (4000-4999) and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A newer client took the seat (audio, body).
+    Replaced,
+    /// Nothing arrived, not even a pong, within the idle timeout.
+    Idle,
+    /// The face caps were reached and this was the oldest face.
+    TooManyFaces,
+    /// A body over its message rate for ten seconds without a break.
+    Flooding,
+    /// The brain is stopping.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Replaced => 4001,
+            CloseReason::Idle => 4002,
+            CloseReason::TooManyFaces => 4003,
+            CloseReason::Flooding => 4004,
+            CloseReason::Shutdown => 1001,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseReason::Replaced => "replaced by a newer connection",
+            CloseReason::Idle => "idle",
+            CloseReason::TooManyFaces => "too many faces",
+            CloseReason::Flooding => "flooding",
+            CloseReason::Shutdown => "the brain is stopping",
+        }
+    }
+
+    fn frame(self) -> Message {
+        Message::Close(Some(CloseFrame {
+            code: self.code(),
+            reason: self.reason().into(),
+        }))
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The peer closed the socket, broke it, or it errored.
+    Peer,
+    /// A write did not go through within the send timeout.
+    Stalled,
+    /// The server closed it, with this reason.
+    Closed(CloseReason),
+}
+
+/// Write one message within the send timeout.
+pub(super) async fn send_within<Si: Sink<Message> + Unpin>(
+    sink: &mut Si,
+    msg: Message,
+    within: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(within, sink.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The next message from the peer, whatever it is (pongs count: they show it is alive).
+/// `Err` says how the socket ended: the peer left, or it was idle too long.
+pub(super) async fn next_within<St, E>(
+    stream: &mut St,
+    idle: Duration,
+) -> Result<Message, SessionEnd>
+where
+    St: Stream<Item = Result<Message, E>> + Unpin,
+{
+    match tokio::time::timeout(idle, stream.next()).await {
+        Err(_) => Err(SessionEnd::Closed(CloseReason::Idle)),
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => Err(SessionEnd::Peer),
+        Ok(Some(Ok(msg))) => Ok(msg),
+    }
+}
+
+/// The writer's ping clock: first ping one interval from now.
+pub(super) fn pinger(timing: LinkTiming) -> tokio::time::Interval {
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + timing.ping_every,
+        timing.ping_every,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping
+}
+
+/// Say goodbye: a close frame with the reason when the server ends the socket, then a wait
+/// (within the send timeout) for the peer's answering close, so the reason is read before
+/// the connection goes; a polite close when the peer ended it; nothing for a peer that
+/// stopped taking writes.
+pub(super) async fn finish<Si, St, E>(
+    sink: &mut Si,
+    stream: &mut St,
+    end: SessionEnd,
+    timing: LinkTiming,
+) where
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let closing = async {
+        if let SessionEnd::Closed(reason) = end {
+            if sink.send(reason.frame()).await.is_err() {
+                return;
+            }
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    };
+    if end != SessionEnd::Stalled {
+        let _ = tokio::time::timeout(timing.send_within, closing).await;
+    }
+}
+
+/// Wait for a seat's eviction notice; a seat given up without one never fires.
+async fn evicted(kick: oneshot::Receiver<CloseReason>) -> CloseReason {
+    match kick.await {
+        Ok(reason) => reason,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Who holds the counted sockets: the face sockets (capped; the oldest makes way) and the
+/// one audio seat (the newest client takes it).
+#[derive(Debug, Default)]
+pub(super) struct Seats {
+    next: AtomicU64,
+    /// Open face sockets by seat number, so the first is the oldest.
+    faces: Mutex<BTreeMap<u64, FaceSeat>>,
+    /// The audio session holding the seat now.
+    audio: Mutex<Option<(u64, oneshot::Sender<CloseReason>)>>,
+    /// The brain's own microphone feeds the loop: phone audio is refused.
+    audio_reserved: AtomicBool,
+}
+
+#[derive(Debug)]
+struct FaceSeat {
+    addr: Option<IpAddr>,
+    kick: oneshot::Sender<CloseReason>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Seats {
+    pub(super) fn reserve_audio(&self) {
+        self.audio_reserved.store(true, Ordering::SeqCst);
+    }
+
+    /// Seat a face from `addr`, closing the oldest faces of that address past `per_addr`
+    /// and the oldest of all past `total`. `count` mirrors the number seated.
+    fn seat_face(
+        &self,
+        addr: Option<IpAddr>,
+        total: usize,
+        per_addr: usize,
+        count: &AtomicUsize,
+    ) -> (u64, oneshot::Receiver<CloseReason>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (kick, notice) = oneshot::channel();
+        let mut faces = lock(&self.faces);
+        let evict = |faces: &mut BTreeMap<u64, FaceSeat>, old: u64, why: &str| {
+            if let Some(seat) = faces.remove(&old) {
+                tracing::info!(seat = old, addr = ?seat.addr, why, "closing the oldest face socket to seat a new one");
+                let _ = seat.kick.send(CloseReason::TooManyFaces);
+            }
+        };
+        if let Some(ip) = addr {
+            let same: Vec<u64> = faces
+                .iter()
+                .filter(|(_, s)| s.addr == Some(ip))
+                .map(|(id, _)| *id)
+                .collect();
+            let excess = (same.len() + 1).saturating_sub(per_addr.max(1));
+            for old in same.into_iter().take(excess) {
+                evict(&mut faces, old, "per-address cap");
+            }
+        }
+        while faces.len() >= total.max(1) {
+            let Some(oldest) = faces.keys().next().copied() else {
+                break;
+            };
+            evict(&mut faces, oldest, "total cap");
+        }
+        faces.insert(id, FaceSeat { addr, kick });
+        count.store(faces.len(), Ordering::SeqCst);
+        (id, notice)
+    }
+
+    fn leave_face(&self, id: u64, count: &AtomicUsize) {
+        let mut faces = lock(&self.faces);
+        faces.remove(&id);
+        count.store(faces.len(), Ordering::SeqCst);
+    }
+
+    /// Take the audio seat; whoever held it is told to go (4001).
+    fn seat_audio(&self, open: &AtomicBool) -> (u64, oneshot::Receiver<CloseReason>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (kick, notice) = oneshot::channel();
+        let mut audio = lock(&self.audio);
+        if let Some((old, old_kick)) = audio.replace((id, kick)) {
+            tracing::info!(old, new = id, "a new audio client replaces the old one");
+            let _ = old_kick.send(CloseReason::Replaced);
+        }
+        open.store(true, Ordering::SeqCst);
+        (id, notice)
+    }
+
+    fn leave_audio(&self, id: u64, open: &AtomicBool) {
+        let mut audio = lock(&self.audio);
+        if audio.as_ref().is_some_and(|(holder, _)| *holder == id) {
+            *audio = None;
+            if !self.audio_reserved.load(Ordering::SeqCst) {
+                open.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Runs a closure when dropped (gives a seat back however the session ends).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
         (self.0)()
     }
 }
 
-pub(super) async fn face(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    let max = state.config().server.max_face_clients;
-    if state.inner.face_clients.fetch_add(1, Ordering::SeqCst) >= max {
-        state.inner.face_clients.fetch_sub(1, Ordering::SeqCst);
-        return ApiError::unavailable(format!("{max} faces are connected already")).into_response();
-    }
-    let seat_state = state.clone();
-    let seat = Seat(move || {
-        seat_state.inner.face_clients.fetch_sub(1, Ordering::SeqCst);
-    });
-    let rx = state.brain().face.subscribe();
-    ws.max_message_size(16 * 1024)
+pub(super) async fn face(
+    ws: WebSocketUpgrade,
+    extensions: Extensions,
+    State(state): State<AppState>,
+) -> Response {
+    // Set by the listener; absent (router tests): an unknown address, no per-address cap.
+    let addr = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip());
+    let timing = LinkTiming::from_config(&state.config().server);
+    ws.protocols(["creature"])
+        .max_message_size(16 * 1024)
         .on_upgrade(move |socket| async move {
-            let _seat = seat;
+            let server = &state.config().server;
+            let (seat, notice) = state.inner.seats.seat_face(
+                addr,
+                server.max_face_clients,
+                server.max_face_clients_per_addr,
+                &state.inner.face_clients,
+            );
+            let seat_state = state.clone();
+            let _seat = OnDrop(move || {
+                seat_state
+                    .inner
+                    .seats
+                    .leave_face(seat, &seat_state.inner.face_clients)
+            });
+            let rx = state.brain().face.subscribe();
             let (sink, stream) = socket.split();
-            face_session(sink, stream, rx, state.face_latency()).await;
+            let end = face_session(
+                sink,
+                stream,
+                rx,
+                state.face_latency(),
+                timing,
+                evicted(notice),
+            )
+            .await;
+            tracing::debug!(seat, addr = ?addr, end = ?end, "face socket ended");
         })
 }
 
 /// Send every new face frame until the phone goes away, recording in `latency` how long
 /// each took from the voice loop to the socket. What the phone sends is read only to notice
-/// that it closed.
-pub async fn face_session<Si, St, E>(
+/// that it is alive; `kick` ends the session with its close reason.
+pub async fn face_session<Si, St, E, K>(
     mut sink: Si,
     mut stream: St,
     mut rx: watch::Receiver<Arc<FaceUpdate>>,
     latency: &LatencyHistogram,
-) where
+    timing: LinkTiming,
+    kick: K,
+) -> SessionEnd
+where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
+    K: Future<Output = CloseReason>,
 {
-    let first = rx.borrow_and_update().json.clone();
-    if !send_text(&mut sink, &first).await {
-        return;
-    }
-    loop {
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    break; // the brain is gone
-                }
-                let update = rx.borrow_and_update().clone();
-                if !send_text(&mut sink, &update.json).await {
-                    break;
-                }
-                if let Some(at) = update.source_at {
-                    latency.record(at.elapsed());
+    let end = {
+        let writer = async {
+            let first = rx.borrow_and_update().json.clone();
+            if !send_within(
+                &mut sink,
+                Message::Text((&*first).into()),
+                timing.send_within,
+            )
+            .await
+            {
+                return SessionEnd::Stalled;
+            }
+            let mut ping = pinger(timing);
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return SessionEnd::Closed(CloseReason::Shutdown);
+                        }
+                        let update = rx.borrow_and_update().clone();
+                        if !send_within(&mut sink, Message::Text((&*update.json).into()), timing.send_within).await {
+                            return SessionEnd::Stalled;
+                        }
+                        if let Some(at) = update.source_at {
+                            latency.record(at.elapsed());
+                        }
+                    }
+                    _ = ping.tick() => {
+                        if !send_within(&mut sink, Message::Ping(Default::default()), timing.send_within).await {
+                            return SessionEnd::Stalled;
+                        }
+                    }
                 }
             }
-            incoming = stream.next() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {}
-            },
+        };
+        let reader = async {
+            loop {
+                if let Err(end) = next_within(&mut stream, timing.idle_after).await {
+                    return end;
+                }
+            }
+        };
+        tokio::select! {
+            end = writer => end,
+            end = reader => end,
+            reason = kick => SessionEnd::Closed(reason),
         }
-    }
-}
-
-async fn send_text<Si: Sink<Message> + Unpin>(sink: &mut Si, text: &str) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.into()))).await,
-        Ok(Ok(()))
-    )
+    };
+    finish(&mut sink, &mut stream, end, timing).await;
+    end
 }
 
 pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    if state.inner.audio_busy.swap(true, Ordering::SeqCst) {
+    if state.inner.seats.audio_reserved.load(Ordering::SeqCst) {
         return ApiError::new(
             StatusCode::CONFLICT,
             "audio_busy",
-            "another device is already streaming audio; one audio session at a time",
+            "the brain's own microphone feeds the loop; phone audio is off (set [audio] device = false to use a phone)",
         )
         .into_response();
     }
-    let seat_state = state.clone();
-    let seat = Seat(move || seat_state.inner.audio_busy.store(false, Ordering::SeqCst));
     let brain = Arc::clone(state.brain());
     let max_bytes = state.config().server.max_audio_message_bytes;
-    ws.max_message_size(MAX_WS_MESSAGE)
+    let timing = LinkTiming::from_config(&state.config().server);
+    ws.protocols(["creature"])
+        .max_message_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
-            let _seat = seat;
+            // The newest client takes the seat: a phone that reconnects never waits for its
+            // old, dead connection to time out.
+            let (seat, notice) = state.inner.seats.seat_audio(&state.inner.audio_busy);
+            let seat_state = state.clone();
+            let _seat = OnDrop(move || {
+                seat_state
+                    .inner
+                    .seats
+                    .leave_audio(seat, &seat_state.inner.audio_busy)
+            });
             let (sink, stream) = socket.split();
             let ready = json!({
                 "type": "ready",
@@ -127,15 +461,18 @@ pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -
                 "frame_samples": FRAME_SAMPLES,
                 "backend": brain.voice.backend(),
             });
-            audio_session(
+            let end = audio_session(
                 sink,
                 stream,
                 brain.inbox(),
                 brain.subscribe_audio(),
                 max_bytes,
                 ready,
+                timing,
+                evicted(notice),
             )
             .await;
+            tracing::info!(seat, end = ?end, "audio session ended");
         })
 }
 
@@ -164,82 +501,162 @@ fn error_json(error: &str, detail: String) -> String {
     json!({"error": error, "detail": detail}).to_string()
 }
 
-/// Microphone in, voice out. Bad messages get a JSON error on the socket and are skipped;
-/// the session, the audio already received and the brain carry on.
-pub async fn audio_session<Si, St, E>(
+/// What the phone's microphone sent, and the reply it gets (if any).
+struct Uplink<'a> {
+    inbox: &'a AudioInbox,
+    max_bytes: usize,
+    /// Until a hello says otherwise, audio is assumed to be in the documented format.
+    format_ok: bool,
+    samples: Vec<f32>,
+}
+
+impl Uplink<'_> {
+    fn take(&mut self, msg: Message) -> Option<String> {
+        let max_bytes = self.max_bytes;
+        match msg {
+            Message::Binary(bytes) => {
+                if !self.format_ok {
+                    Some(error_json("bad_audio", "the last hello announced a format this brain cannot take; send a hello with sample_rate 24000, format pcm16le, channels 1".into()))
+                } else if bytes.len() > max_bytes {
+                    Some(error_json(
+                        "audio_too_large",
+                        format!(
+                            "{} bytes in one message; the limit is {max_bytes} (send 80 ms frames of 3840 bytes)",
+                            bytes.len()
+                        ),
+                    ))
+                } else if bytes.len() % 2 != 0 {
+                    Some(error_json(
+                        "bad_audio",
+                        format!(
+                            "{} bytes is not a whole number of 16-bit samples",
+                            bytes.len()
+                        ),
+                    ))
+                } else {
+                    pcm16_to_f32(&bytes, &mut self.samples);
+                    self.inbox.push(&self.samples);
+                    None
+                }
+            }
+            Message::Text(text) => match serde_json::from_str::<Hello>(&text) {
+                Ok(h) if h.kind == "hello" => {
+                    let problems: Vec<String> = [
+                        (h.sample_rate != SAMPLE_RATE)
+                            .then(|| format!("sample_rate {} (need {SAMPLE_RATE})", h.sample_rate)),
+                        (h.format != "pcm16le")
+                            .then(|| format!("format {:?} (need \"pcm16le\")", h.format)),
+                        (h.channels != 1).then(|| format!("{} channels (need 1)", h.channels)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    self.format_ok = problems.is_empty();
+                    Some(if self.format_ok {
+                        json!({"type": "hello_ok"}).to_string()
+                    } else {
+                        error_json(
+                            "unsupported_format",
+                            format!(
+                                "unsupported audio: {}; resample to 24 kHz mono PCM16 LE",
+                                problems.join(", ")
+                            ),
+                        )
+                    })
+                }
+                Ok(h) => Some(error_json(
+                    "unknown_message",
+                    format!(
+                        "unknown message type {:?}; only \"hello\" is understood",
+                        h.kind
+                    ),
+                )),
+                Err(e) => Some(error_json("malformed_json", format!("{e}"))),
+            },
+            _ => None, // ping, pong
+        }
+    }
+}
+
+/// Microphone in, voice out, each on its own: the reader hands audio to the inbox whatever
+/// the writer is doing, so a phone slow to take the voice never holds up its microphone.
+/// Bad messages get a JSON error on the socket and are skipped; the session, the audio
+/// already received and the brain carry on. `kick` ends the session with its close reason.
+#[allow(clippy::too_many_arguments)]
+pub async fn audio_session<Si, St, E, K>(
     mut sink: Si,
     mut stream: St,
     inbox: &AudioInbox,
     mut voice: broadcast::Receiver<AgentFrame>,
     max_bytes: usize,
     ready: serde_json::Value,
-) where
+    timing: LinkTiming,
+    kick: K,
+) -> SessionEnd
+where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
+    K: Future<Output = CloseReason>,
 {
-    if !send_text(&mut sink, &ready.to_string()).await {
-        return;
-    }
-    // Until a hello says otherwise, audio is assumed to be in the documented format.
-    let mut format_ok = true;
-    let mut samples = Vec::with_capacity(FRAME_SAMPLES);
-    loop {
-        tokio::select! {
-            incoming = stream.next() => {
-                let reply = match incoming {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Binary(bytes))) => {
-                        if !format_ok {
-                            Some(error_json("bad_audio", "the last hello announced a format this brain cannot take; send a hello with sample_rate 24000, format pcm16le, channels 1".into()))
-                        } else if bytes.len() > max_bytes {
-                            Some(error_json("audio_too_large", format!("{} bytes in one message; the limit is {max_bytes} (send 80 ms frames of 3840 bytes)", bytes.len())))
-                        } else if bytes.len() % 2 != 0 {
-                            Some(error_json("bad_audio", format!("{} bytes is not a whole number of 16-bit samples", bytes.len())))
-                        } else {
-                            pcm16_to_f32(&bytes, &mut samples);
-                            inbox.push(&samples);
-                            None
+    let (replies_tx, mut replies) = mpsc::channel::<String>(REPLIES);
+    let end = {
+        let writer = async {
+            if !send_within(
+                &mut sink,
+                Message::Text(ready.to_string().into()),
+                timing.send_within,
+            )
+            .await
+            {
+                return SessionEnd::Stalled;
+            }
+            let mut ping = pinger(timing);
+            loop {
+                let msg = tokio::select! {
+                    Some(reply) = replies.recv() => Message::Text(reply.into()),
+                    frame = voice.recv() => match frame {
+                        Ok(frame) => Message::Binary(f32_to_pcm16(&frame).into()),
+                        // A phone that fell behind skips ahead to the live voice.
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(skipped = n, "audio listener lagged");
+                            continue;
                         }
-                    }
-                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<Hello>(&text) {
-                        Ok(h) if h.kind == "hello" => {
-                            let problems: Vec<String> = [
-                                (h.sample_rate != SAMPLE_RATE).then(|| format!("sample_rate {} (need {SAMPLE_RATE})", h.sample_rate)),
-                                (h.format != "pcm16le").then(|| format!("format {:?} (need \"pcm16le\")", h.format)),
-                                (h.channels != 1).then(|| format!("{} channels (need 1)", h.channels)),
-                            ].into_iter().flatten().collect();
-                            format_ok = problems.is_empty();
-                            Some(if format_ok {
-                                json!({"type": "hello_ok"}).to_string()
-                            } else {
-                                error_json("unsupported_format", format!("unsupported audio: {}; resample to 24 kHz mono PCM16 LE", problems.join(", ")))
-                            })
-                        }
-                        Ok(h) => Some(error_json("unknown_message", format!("unknown message type {:?}; only \"hello\" is understood", h.kind))),
-                        Err(e) => Some(error_json("malformed_json", format!("{e}"))),
+                        Err(broadcast::error::RecvError::Closed) => return SessionEnd::Closed(CloseReason::Shutdown),
                     },
-                    Some(Ok(_)) => None,
+                    _ = ping.tick() => Message::Ping(Default::default()),
                 };
-                if let Some(reply) = reply {
-                    if !send_text(&mut sink, &reply).await {
-                        break;
+                if !send_within(&mut sink, msg, timing.send_within).await {
+                    return SessionEnd::Stalled;
+                }
+            }
+        };
+        let reader = async {
+            let mut uplink = Uplink {
+                inbox,
+                max_bytes,
+                format_ok: true,
+                samples: Vec::with_capacity(FRAME_SAMPLES),
+            };
+            loop {
+                let msg = match next_within(&mut stream, timing.idle_after).await {
+                    Ok(msg) => msg,
+                    Err(end) => return end,
+                };
+                if let Some(reply) = uplink.take(msg) {
+                    if replies_tx.try_send(reply).is_err() {
+                        tracing::debug!("audio client is not reading its replies; one dropped");
                     }
                 }
             }
-            frame = voice.recv() => match frame {
-                Ok(frame) => {
-                    let bytes = f32_to_pcm16(&frame);
-                    let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Binary(bytes.into()))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        break;
-                    }
-                }
-                // A phone that fell behind skips ahead to the live voice.
-                Err(broadcast::error::RecvError::Lagged(n)) => tracing::debug!(skipped = n, "audio listener lagged"),
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+        };
+        tokio::select! {
+            end = writer => end,
+            end = reader => end,
+            reason = kick => SessionEnd::Closed(reason),
         }
-    }
+    };
+    finish(&mut sink, &mut stream, end, timing).await;
+    end
 }
 
 /// PCM16 little-endian bytes to f32 samples in -1..1 (`out` is cleared first).
@@ -265,6 +682,111 @@ pub fn f32_to_pcm16(samples: &[f32]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::channel::mpsc as chan;
+
+    fn quick(send_within: Duration) -> LinkTiming {
+        LinkTiming {
+            ping_every: Duration::from_millis(100),
+            idle_after: Duration::from_millis(500),
+            send_within,
+        }
+    }
+
+    /// A downlink that takes nothing: the session's first write (`ready`) never completes.
+    #[tokio::test]
+    async fn a_stuck_downlink_never_holds_up_the_microphone() {
+        let (stuck, _never_read) = chan::channel::<Message>(0);
+        let (mic, stream) = chan::unbounded::<Result<Message, ()>>();
+        let inbox = AudioInbox::new(1000);
+        let (_voice_tx, voice) = broadcast::channel(4);
+        let session = audio_session(
+            stuck,
+            stream,
+            &inbox,
+            voice,
+            48_000,
+            json!({"type": "ready"}),
+            quick(Duration::from_secs(60)),
+            std::future::pending(),
+        );
+        let feed = async {
+            for _ in 0..10 {
+                mic.unbounded_send(Ok(Message::Binary(vec![0u8; 3840].into())))
+                    .unwrap();
+                mic.unbounded_send(Ok(Message::Text("{not json".into())))
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            end = session => panic!("the session ended: {end:?}"),
+            () = feed => {}
+        }
+        assert_eq!(inbox.received(), 10 * 1920);
+    }
+
+    #[tokio::test]
+    async fn a_kicked_session_says_why_and_a_silent_one_is_closed_as_idle() {
+        let (sink, mut sent) = chan::unbounded::<Message>();
+        let (_mic, stream) = chan::unbounded::<Result<Message, ()>>();
+        let inbox = AudioInbox::new(10);
+        let (_voice_tx, voice) = broadcast::channel(4);
+        let end = audio_session(
+            sink,
+            stream,
+            &inbox,
+            voice,
+            48_000,
+            json!({"type": "ready"}),
+            quick(Duration::from_millis(300)),
+            async { CloseReason::Replaced },
+        )
+        .await;
+        assert_eq!(end, SessionEnd::Closed(CloseReason::Replaced));
+        let mut last = None;
+        while let Ok(msg) = sent.try_recv() {
+            last = Some(msg);
+        }
+        match last {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(
+                    (frame.code, frame.reason.as_str()),
+                    (4001, "replaced by a newer connection")
+                )
+            }
+            other => panic!("no close frame: {other:?}"),
+        }
+
+        // Nothing from the peer: pinged, then closed as idle after the idle timeout.
+        let (sink, mut sent) = chan::unbounded::<Message>();
+        let (_mic, stream) = chan::unbounded::<Result<Message, ()>>();
+        let (_voice_tx, voice) = broadcast::channel(4);
+        let started = tokio::time::Instant::now();
+        let end = audio_session(
+            sink,
+            stream,
+            &inbox,
+            voice,
+            48_000,
+            json!({"type": "ready"}),
+            quick(Duration::from_millis(300)),
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(end, SessionEnd::Closed(CloseReason::Idle));
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        let mut pings = 0;
+        let mut close = None;
+        while let Ok(msg) = sent.try_recv() {
+            match msg {
+                Message::Ping(_) => pings += 1,
+                Message::Close(Some(frame)) => close = Some(frame.code),
+                _ => {}
+            }
+        }
+        assert!(pings >= 4, "{pings} pings");
+        assert_eq!(close, Some(4002));
+    }
 
     #[test]
     fn pcm16_round_trips_within_one_step() {

@@ -10,7 +10,7 @@ mod voice;
 pub use body::{BodyCommand, BodyReport, BodyState};
 pub use planner::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
 pub use store::{
-    MemoryTaskStore, PlanStep, Progress, StoreError, Task, TaskEvent, TaskSource, TaskState,
-    TaskStore, now_ms,
+    MemoryTaskStore, NewTask, Page, PageOrder, PageQuery, PlanStep, Progress, StoreError, Task,
+    TaskEvent, TaskSource, TaskState, TaskStore, id_number, now_ms, task_id,
 };
 pub use voice::{FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE, StepOutput, VoiceError, VoiceModel};

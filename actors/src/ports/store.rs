@@ -215,13 +215,90 @@ pub enum StoreError {
     Corrupt { id: String, reason: String },
 }
 
+/// The number in a task id (`task-42` -> 42; the zero-padded `task-000042` of older ledgers
+/// too): ids are numbered in creation order, so this is the order of the ledger.
+pub fn id_number(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix("task-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The id of the `n`th task.
+pub fn task_id(n: u64) -> String {
+    format!("task-{n}")
+}
+
+/// What a new task is made of; the ledger gives it its id.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub arguments: PhysicalTask,
+    pub source: TaskSource,
+    pub plan: Option<PlanStep>,
+}
+
+/// Which way a page runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageOrder {
+    /// Oldest first; tasks filed while paging show up at the end.
+    Asc,
+    /// Newest first (the default).
+    #[default]
+    Desc,
+}
+
+/// One page of the ledger: tasks after (asc) or before (desc) `after`, in id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageQuery {
+    /// The id number of the last task of the previous page; `None`: from the start (asc)
+    /// or from the newest (desc).
+    pub after: Option<u64>,
+    pub limit: usize,
+    pub order: PageOrder,
+    /// Only tasks in one of these states; empty: every state.
+    pub states: Vec<TaskState>,
+}
+
+impl PageQuery {
+    pub fn matches(&self, task: &Task) -> bool {
+        self.states.is_empty() || self.states.contains(&task.state)
+    }
+
+    /// Whether an id number lies beyond the cursor in the page's direction.
+    pub fn beyond_cursor(&self, n: u64) -> bool {
+        match (self.after, self.order) {
+            (None, _) => true,
+            (Some(c), PageOrder::Asc) => n > c,
+            (Some(c), PageOrder::Desc) => n < c,
+        }
+    }
+}
+
+/// A page of tasks, and whether more follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub tasks: Vec<Task>,
+    pub more: bool,
+}
+
 /// The durable task ledger. Calls block on the disk; the tasks actor runs them off the
 /// async workers.
+///
+/// Ids are dense and increase for ever: `task-1`, `task-2`, ..., from a counter the ledger
+/// keeps and writes together with the tasks it numbers. Their numbers are the creation
+/// order ([`id_number`]).
 pub trait TaskStore: Send + Sync + 'static {
-    /// A fresh number for a task id, never handed out before (also across restarts).
-    fn next_id(&self) -> Result<u64, StoreError>;
+    /// File new tasks: number them with the next ids (above every id the ledger ever gave
+    /// out) and write them and the counter at once, flushed. All or nothing.
+    fn create(&self, new: Vec<NewTask>) -> Result<Vec<Task>, StoreError>;
     /// Write `task`; when this returns `Ok`, the record is on disk (flushed).
     fn put(&self, task: &Task) -> Result<(), StoreError>;
+    /// Write several tasks at once, flushed.
+    fn put_all(&self, tasks: &[Task]) -> Result<(), StoreError> {
+        tasks.iter().try_for_each(|t| self.put(t))
+    }
     /// Write `task` without waiting for the disk: for changes that are recovered anyway if
     /// lost (a delivery, a body's interim report, which the body repeats on redelivery).
     fn put_lazy(&self, task: &Task) -> Result<(), StoreError> {
@@ -230,49 +307,92 @@ pub trait TaskStore: Send + Sync + 'static {
     fn get(&self, id: &str) -> Result<Option<Task>, StoreError>;
     /// Every task, oldest first.
     fn list(&self) -> Result<Vec<Task>, StoreError>;
+    /// A page of tasks, in id order.
+    fn page(&self, query: &PageQuery) -> Result<Page, StoreError> {
+        let mut all = self.list()?;
+        if query.order == PageOrder::Desc {
+            all.reverse();
+        }
+        let mut tasks = Vec::new();
+        let mut more = false;
+        for task in all {
+            let n = id_number(&task.id).unwrap_or(0);
+            if !query.beyond_cursor(n) || !query.matches(&task) {
+                continue;
+            }
+            if tasks.len() == query.limit {
+                more = true;
+                break;
+            }
+            tasks.push(task);
+        }
+        Ok(Page { tasks, more })
+    }
+    /// Up to `count` of the oldest finished tasks: their ids and states.
+    fn oldest_finished(&self, count: usize) -> Result<Vec<(String, TaskState)>, StoreError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|t| t.state.is_terminal())
+            .take(count)
+            .map(|t| (t.id, t.state))
+            .collect())
+    }
+    /// Forget these tasks (retention of finished ones).
+    fn delete(&self, ids: &[String]) -> Result<(), StoreError>;
 }
 
 /// A `TaskStore` in memory, for the actors' own tests.
 #[derive(Default)]
 pub struct MemoryTaskStore {
-    inner: Mutex<(u64, BTreeMap<String, Task>)>,
+    inner: Mutex<MemoryLedger>,
+}
+
+/// The last id number handed out, and the tasks by (id number, id).
+type MemoryLedger = (u64, BTreeMap<(u64, String), Task>);
+
+impl MemoryTaskStore {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemoryLedger>, StoreError> {
+        self.inner.lock().map_err(|e| StoreError::Io(e.to_string()))
+    }
+}
+
+fn key(id: &str) -> (u64, String) {
+    (id_number(id).unwrap_or(u64::MAX), id.to_string())
 }
 
 impl TaskStore for MemoryTaskStore {
-    fn next_id(&self) -> Result<u64, StoreError> {
-        let mut guard = self
-            .inner
-            .lock()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        guard.0 += 1;
-        Ok(guard.0)
+    fn create(&self, new: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
+        let mut guard = self.lock()?;
+        let mut made = Vec::with_capacity(new.len());
+        for n in new {
+            guard.0 += 1;
+            let task = Task::new(task_id(guard.0), n.arguments, n.source, n.plan);
+            guard.1.insert(key(&task.id), task.clone());
+            made.push(task);
+        }
+        Ok(made)
     }
 
     fn put(&self, task: &Task) -> Result<(), StoreError> {
-        let mut guard = self
-            .inner
-            .lock()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        guard.1.insert(task.id.clone(), task.clone());
+        self.lock()?.1.insert(key(&task.id), task.clone());
         Ok(())
     }
 
     fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let guard = self
-            .inner
-            .lock()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok(guard.1.get(id).cloned())
+        Ok(self.lock()?.1.get(&key(id)).cloned())
     }
 
     fn list(&self) -> Result<Vec<Task>, StoreError> {
-        let guard = self
-            .inner
-            .lock()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        let mut tasks: Vec<Task> = guard.1.values().cloned().collect();
-        tasks.sort_by_key(|t| t.created_ms);
-        Ok(tasks)
+        Ok(self.lock()?.1.values().cloned().collect())
+    }
+
+    fn delete(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut guard = self.lock()?;
+        for id in ids {
+            guard.1.remove(&key(id));
+        }
+        Ok(())
     }
 }
 
@@ -325,6 +445,60 @@ mod tests {
         task.transition(TaskState::Running, None).unwrap();
         assert!(task.transition(TaskState::Accepted, None).is_err());
         assert_eq!(task.history.len(), 3);
+    }
+
+    #[test]
+    fn id_numbers_order_numerically_not_as_strings() {
+        assert_eq!(id_number("task-9"), Some(9));
+        assert_eq!(id_number("task-10"), Some(10));
+        assert_eq!(id_number("task-000042"), Some(42));
+        assert_eq!(id_number("task-12000001"), Some(12_000_001));
+        assert!("task-10" < "task-9", "strings sort the other way");
+        for bad in ["task-", "task-x", "task--1", "job-1", "task-1a", "task-+1"] {
+            assert_eq!(id_number(bad), None, "{bad}");
+        }
+        assert_eq!(task_id(7), "task-7");
+    }
+
+    #[test]
+    fn the_memory_store_numbers_densely_and_pages_both_ways() {
+        let store = MemoryTaskStore::default();
+        let new = |o: &str| NewTask {
+            arguments: PhysicalTask {
+                object: o.into(),
+                ..args()
+            },
+            source: TaskSource::Api,
+            plan: None,
+        };
+        let made = store
+            .create((0..12).map(|i| new(&format!("thing {i}"))).collect())
+            .unwrap();
+        let ids: Vec<_> = made.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids[0], "task-1");
+        assert_eq!(ids[11], "task-12");
+        let page = store
+            .page(&PageQuery {
+                after: Some(10),
+                limit: 5,
+                order: PageOrder::Desc,
+                states: vec![],
+            })
+            .unwrap();
+        let ids: Vec<_> = page.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["task-9", "task-8", "task-7", "task-6", "task-5"]);
+        assert!(page.more);
+        let page = store
+            .page(&PageQuery {
+                after: Some(9),
+                limit: 5,
+                order: PageOrder::Asc,
+                states: vec![],
+            })
+            .unwrap();
+        let ids: Vec<_> = page.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["task-10", "task-11", "task-12"]);
+        assert!(!page.more);
     }
 
     #[test]

@@ -651,18 +651,25 @@ mod tests {
             "{msg}"
         );
 
+        // Every decoder convolution in turn, in a fixed order, and corrupted by doubling
+        // its output channels: a change of shape whatever the tensor's size (narrowing to
+        // one channel changed nothing for a convolution that has one already).
         let dir = tiny();
         let mimi = dir.path().join(MIMI_FILE);
-        let names: Vec<String> = moshi::candle::safetensors::load(&mimi, &Device::Cpu)
+        let pristine = std::fs::read(&mimi).unwrap();
+        let mut convs: Vec<String> = moshi::candle::safetensors::load(&mimi, &Device::Cpu)
             .unwrap()
             .into_keys()
+            .filter(|n| n.starts_with("decoder.") && n.ends_with("conv.weight"))
             .collect();
-        let conv = names
-            .iter()
-            .find(|n| n.starts_with("decoder.") && n.ends_with("conv.weight"))
-            .unwrap();
-        replace_tensor(&mimi, conv, |t| t.narrow(0, 0, 1).unwrap());
-        load_fails(dir.path(), MIMI_FILE, "shape mismatch");
+        convs.sort();
+        assert!(!convs.is_empty(), "the tiny Mimi has decoder convolutions");
+        for conv in &convs {
+            std::fs::write(&mimi, &pristine).unwrap();
+            replace_tensor(&mimi, conv, |t| Tensor::cat(&[t, t], 0).unwrap());
+            let msg = load_fails(dir.path(), MIMI_FILE, "shape mismatch");
+            assert!(msg.contains(conv.as_str()), "{conv}: {msg}");
+        }
 
         let dir = tiny();
         let lm = dir.path().join(LM_SAFETENSORS);
