@@ -41,7 +41,8 @@ def main():
     work = tempfile.mkdtemp()
     config = os.path.join(work, "stress.toml")
     with open(config, "w") as f:
-        f.write("[body]\nmax_messages_per_sec = 5000\n")
+        f.write("[server]\nrate_limit_per_sec = 0.0\n[tasks]\nmax_unfinished = 100000\n"
+                "[body]\nmax_messages_per_sec = 5000\n")
     quiet = dict(os.environ, CREATURE_LOG="warn")
     brain = subprocess.Popen(
         [BIN, "serve", "--config", config, "--addr", f"127.0.0.1:{PORT}",

@@ -50,7 +50,7 @@ while [ $((SECONDS - start)) -lt "$SECS" ]; do
     i=$((i + 1))
     if [ $((i % 10)) -eq 0 ]; then
         mem=$(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' "/proc/$BRAIN/status")
-        tasks=$(curl -s "$BASE/api/tasks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+        tasks=$(curl -s "$BASE/api/tasks?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
         echo "$((SECONDS - start)) $mem$tasks"
     fi
     sleep 3

@@ -345,13 +345,13 @@ pub async fn tick(args: TickBenchArgs) -> anyhow::Result<()> {
 
 pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let (data, mut config) = bench_config()?;
-    config.voice.realtime_priority = !args.no_realtime;
+    config.voice.actor.realtime_priority = !args.no_realtime;
     config.server.max_face_clients = args.faces + 16;
     // Every simulated face comes from this machine: past the per-address cap the oldest
     // would be closed to seat the next.
     config.server.max_face_clients_per_addr = args.faces + 16;
-    config.reasoner.max_in_flight = args.slow_plans.max(1);
-    config.reasoner.queue_capacity = args.slow_plans.max(1) * 2;
+    config.reasoner.actor.max_in_flight = args.slow_plans.max(1);
+    config.reasoner.actor.queue_capacity = args.slow_plans.max(1) * 2;
     let planner = LoadPlanner::new(
         Duration::from_millis(args.plan_ms),
         Duration::from_millis(args.plan_cpu_ms),
@@ -802,7 +802,7 @@ pub async fn intent(args: IntentBenchArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_intent(args: &IntentBenchArgs) -> anyhow::Result<IntentBenchReport> {
-    use creature_actors::voice::TextPiece;
+    use creature_actors::signals::TextPiece;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

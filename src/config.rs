@@ -1,20 +1,32 @@
 //! The service's one configuration file (`config/creature.toml` documents every key).
-//! Defaults live here in code; the file overrides them; command-line flags override both.
-//! Unknown keys are an error that names the key, so a typo never silently does nothing.
+//! Each section is the config struct of what it sets: an actor's (`[voice]`'s loop keys,
+//! `[monologue]`, `[reasoner]`'s, `[affect]`, `[face]`, `[tasks]`, `[brain]`) or a voice
+//! backend's and the planner's (`[voice.sim]`, `[voice.moshi]`, `[voice.remote]`,
+//! `[reasoner.llm]`, which keep their checks beside their code); each default is written
+//! once, in that struct's `Default`. The file overrides the defaults; command-line flags
+//! override both. Unknown keys are an error that names the key, so a typo never silently
+//! does nothing.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use creature_actors::BrainConfig;
 use creature_actors::affect::AffectConfig;
 use creature_actors::face::FaceConfig;
 use creature_actors::monologue::MonologueConfig;
 use creature_actors::reasoner::ReasonerConfig;
+use creature_actors::rules::RulePlanner;
 use creature_actors::tasks::TasksConfig;
 use creature_actors::voice::VoiceConfig;
+use creature_actors::{BrainConfig, SupervisionConfig};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::planner_llm::LlmConfig;
+use crate::voice::moshi::MoshiConfig;
+use crate::voice::remote::RemoteConfig;
 use crate::voice::sim::SimConfig;
 
 /// Why a configuration could not be used.
@@ -31,7 +43,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the task ledger (and anything else durable) lives.
@@ -39,13 +51,13 @@ pub struct Config {
     pub server: ServerConfig,
     pub brain: SupervisionConfig,
     pub voice: VoiceSection,
-    pub monologue: MonologueSection,
+    pub monologue: MonologueConfig,
     pub reasoner: ReasonerSection,
-    pub affect: AffectSection,
-    pub face: FaceSection,
+    pub affect: AffectConfig,
+    pub face: FaceConfig,
     pub audio: AudioSection,
     pub body: BodySection,
-    pub tasks: TasksSection,
+    pub tasks: TasksConfig,
 }
 
 impl Default for Config {
@@ -55,18 +67,18 @@ impl Default for Config {
             server: ServerConfig::default(),
             brain: SupervisionConfig::default(),
             voice: VoiceSection::default(),
-            monologue: MonologueSection::default(),
+            monologue: MonologueConfig::default(),
             reasoner: ReasonerSection::default(),
-            affect: AffectSection::default(),
-            face: FaceSection::default(),
+            affect: AffectConfig::default(),
+            face: FaceConfig::default(),
             audio: AudioSection::default(),
             body: BodySection::default(),
-            tasks: TasksSection::default(),
+            tasks: TasksConfig::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
@@ -133,22 +145,6 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SupervisionConfig {
-    pub max_restarts: u32,
-    pub restart_window_secs: f64,
-}
-
-impl Default for SupervisionConfig {
-    fn default() -> Self {
-        SupervisionConfig {
-            max_restarts: 5,
-            restart_window_secs: 10.0,
-        }
-    }
-}
-
 /// Which voice model drives the fast loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -172,334 +168,37 @@ impl Backend {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[voice]`: which backend, the voice loop's own keys, and each backend's table.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct VoiceSection {
     pub backend: Backend,
-    pub user_vad_dbfs: f32,
-    pub agent_speaking_dbfs: f32,
-    pub vad_hangover_frames: u32,
-    pub backlog_frames: usize,
-    /// User audio buffered ahead of the loop, in 80 ms frames.
-    pub inbox_frames: usize,
-    /// Ask the OS for real-time scheduling of the loop's ticker and actor threads.
-    pub realtime_priority: bool,
+    /// The voice loop's keys (levels, backlog, inbox, real-time priority).
+    pub actor: VoiceConfig,
     pub sim: SimConfig,
-    pub moshi: MoshiSection,
-    pub remote: RemoteSection,
+    pub moshi: MoshiConfig,
+    pub remote: RemoteConfig,
 }
 
-impl Default for VoiceSection {
-    fn default() -> Self {
-        let v = VoiceConfig::default();
-        VoiceSection {
-            backend: Backend::Sim,
-            user_vad_dbfs: v.user_vad_dbfs,
-            agent_speaking_dbfs: v.agent_speaking_dbfs,
-            vad_hangover_frames: v.vad_hangover_frames,
-            backlog_frames: v.backlog_frames,
-            inbox_frames: 25,
-            realtime_priority: v.realtime_priority,
-            sim: SimConfig::default(),
-            moshi: MoshiSection::default(),
-            remote: RemoteSection::default(),
-        }
-    }
-}
-
-// --- [voice.moshi]: the local Moshi backend (src/voice/moshi) ---------------------------
-
-/// Where the local Moshi model computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MoshiDevice {
-    #[default]
-    Cpu,
-    /// The first CUDA GPU (needs a build with `--features cuda`).
-    Cuda,
-    /// The Apple GPU (needs a build with `--features metal`).
-    Metal,
-}
-
-/// Number format of the LM's weights and activations (Mimi always computes in f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MoshiDtype {
-    /// bf16 on CUDA, f32 elsewhere.
-    #[default]
-    Auto,
-    F32,
-    F16,
-    Bf16,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MoshiSection {
-    /// Checkpoint directory in Kyutai's layout; required by the `moshi` backend.
-    pub dir: Option<PathBuf>,
-    pub device: MoshiDevice,
-    pub dtype: MoshiDtype,
-    /// Sampling of the agent's audio codes.
-    pub temperature: f64,
-    pub top_k: usize,
-    pub seed: u64,
-    /// Sampling of the inner-monologue text tokens.
-    pub text_temperature: f64,
-    pub text_top_k: usize,
-    pub text_seed: u64,
-    /// Steps (80 ms each) in one conversation before the model state is reset cleanly.
-    pub max_steps: usize,
-}
-
-impl Default for MoshiSection {
-    fn default() -> Self {
-        MoshiSection {
-            dir: None,
-            device: MoshiDevice::Cpu,
-            dtype: MoshiDtype::Auto,
-            temperature: 0.8,
-            top_k: 250,
-            seed: 299_792_458,
-            text_temperature: 0.7,
-            text_top_k: 25,
-            text_seed: 299_792_459,
-            max_steps: 3_000,
-        }
-    }
-}
-
-impl MoshiSection {
-    /// Refuse values the model cannot run with, naming the key.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        for (key, t) in [
-            ("voice.moshi.temperature", self.temperature),
-            ("voice.moshi.text_temperature", self.text_temperature),
-        ] {
-            if !(t.is_finite() && (0.0..=10.0).contains(&t)) {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: format!("{t} is outside 0..10 (0 = always the likeliest)"),
-                });
-            }
-        }
-        for (key, k) in [
-            ("voice.moshi.top_k", self.top_k),
-            ("voice.moshi.text_top_k", self.text_top_k),
-        ] {
-            if k == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be at least 1".into(),
-                });
-            }
-        }
-        if !(8..=100_000).contains(&self.max_steps) {
-            return Err(ConfigError::Invalid {
-                key: "voice.moshi.max_steps",
-                reason: format!("{} is outside 8..100000", self.max_steps),
-            });
-        }
-        if self.device == MoshiDevice::Cpu && self.dtype == MoshiDtype::Bf16 {
-            return Err(ConfigError::Invalid {
-                key: "voice.moshi.dtype",
-                reason: "bf16 matrix products are not available on the CPU; use f32 or f16".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-// --- end of [voice.moshi] ------------------------------------------------------------------
-
-// --- [voice.remote]: the moshi-remote backend (src/voice/remote) --------------------------
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RemoteSection {
-    /// The Moshi server's `/api/chat` websocket (ws:// only: this build has no TLS client).
-    pub url: String,
-    /// Sampling settings sent in the query string, named as Kyutai's servers read them.
-    pub text_temperature: f64,
-    pub text_topk: u32,
-    pub audio_temperature: f64,
-    pub audio_topk: u32,
-    pub pad_mult: f32,
-    pub repetition_penalty_context: u32,
-    pub repetition_penalty: f32,
-    /// Unset: the server picks a random seed for each session.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text_seed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_seed: Option<u64>,
-    /// Longest wait for the socket, and then for the server's handshake.
-    pub connect_timeout_ms: u64,
-    /// Reconnect backoff: starts at the minimum, doubles up to the maximum.
-    pub backoff_min_ms: u64,
-    pub backoff_max_ms: u64,
-    /// A connected server silent this long is considered gone.
-    pub idle_timeout_ms: u64,
-    /// Most agent audio held for playout, in 80 ms frames (beyond: the oldest is dropped).
-    pub jitter_buffer_frames: usize,
-    /// Agent audio gathered before playing starts (again), in 80 ms frames.
-    pub prefill_frames: usize,
-    /// User frames waiting for the socket (beyond: new frames are dropped and counted).
-    pub send_queue_frames: usize,
-}
-
-impl Default for RemoteSection {
-    fn default() -> Self {
-        RemoteSection {
-            url: "ws://127.0.0.1:8998/api/chat".into(),
-            text_temperature: 0.7,
-            text_topk: 25,
-            audio_temperature: 0.8,
-            audio_topk: 250,
-            pad_mult: 0.0,
-            repetition_penalty_context: 64,
-            repetition_penalty: 1.0,
-            text_seed: None,
-            audio_seed: None,
-            connect_timeout_ms: 5_000,
-            backoff_min_ms: 500,
-            backoff_max_ms: 10_000,
-            idle_timeout_ms: 10_000,
-            jitter_buffer_frames: 8,
-            prefill_frames: 1,
-            send_queue_frames: 4,
-        }
-    }
-}
-
-impl RemoteSection {
-    /// Refuse values the remote backend cannot run with, naming the key.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
-        if self.url.starts_with("wss://") {
-            return invalid(
-                "voice.remote.url",
-                "wss:// needs TLS, which this build's websocket client lacks; use ws:// (a TLS proxy or an SSH tunnel can carry it)".into(),
-            );
-        }
-        if !self.url.starts_with("ws://") || self.url.len() <= "ws://".len() {
-            return invalid(
-                "voice.remote.url",
-                format!("{:?} is not a ws:// URL", self.url),
-            );
-        }
-        for (key, t) in [
-            ("voice.remote.text_temperature", self.text_temperature),
-            ("voice.remote.audio_temperature", self.audio_temperature),
-        ] {
-            if !(t.is_finite() && (0.0..=10.0).contains(&t)) {
-                return invalid(key, format!("{t} is outside 0..10"));
-            }
-        }
-        for (key, k) in [
-            ("voice.remote.text_topk", self.text_topk),
-            ("voice.remote.audio_topk", self.audio_topk),
-        ] {
-            if k == 0 {
-                return invalid(key, "must be at least 1".into());
-            }
-        }
-        if !self.pad_mult.is_finite() {
-            return invalid(
-                "voice.remote.pad_mult",
-                format!("{} is not a number", self.pad_mult),
-            );
-        }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return invalid(
-                "voice.remote.repetition_penalty",
-                format!("{} is not positive", self.repetition_penalty),
-            );
-        }
-        const HOUR_MS: u64 = 3_600_000;
-        for (key, ms) in [
-            ("voice.remote.connect_timeout_ms", self.connect_timeout_ms),
-            ("voice.remote.backoff_min_ms", self.backoff_min_ms),
-            ("voice.remote.backoff_max_ms", self.backoff_max_ms),
-            ("voice.remote.idle_timeout_ms", self.idle_timeout_ms),
-        ] {
-            if !(1..=HOUR_MS).contains(&ms) {
-                return invalid(key, format!("{ms} is outside 1..{HOUR_MS} ms"));
-            }
-        }
-        if self.backoff_max_ms < self.backoff_min_ms {
-            return invalid(
-                "voice.remote.backoff_max_ms",
-                "must not be below voice.remote.backoff_min_ms".into(),
-            );
-        }
-        if !(2..=250).contains(&self.jitter_buffer_frames) {
-            return invalid(
-                "voice.remote.jitter_buffer_frames",
-                format!("{} is outside 2..250", self.jitter_buffer_frames),
-            );
-        }
-        if !(1..=self.jitter_buffer_frames).contains(&self.prefill_frames) {
-            return invalid(
-                "voice.remote.prefill_frames",
-                format!(
-                    "{} is outside 1..jitter_buffer_frames ({})",
-                    self.prefill_frames, self.jitter_buffer_frames
-                ),
-            );
-        }
-        if !(1..=250).contains(&self.send_queue_frames) {
-            return invalid(
-                "voice.remote.send_queue_frames",
-                format!("{} is outside 1..250", self.send_queue_frames),
-            );
-        }
-        Ok(())
-    }
-}
-
-// --- end of [voice.remote] -----------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MonologueSection {
-    pub pause_ms: u64,
-    pub dedupe_window_secs: f64,
-    pub max_phrase_chars: usize,
-}
-
-impl Default for MonologueSection {
-    fn default() -> Self {
-        let m = MonologueConfig::default();
-        MonologueSection {
-            pause_ms: m.pause.as_millis() as u64,
-            dedupe_window_secs: m.dedupe_window.as_secs_f64(),
-            max_phrase_chars: m.max_phrase_chars,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[reasoner]`: the reasoner's own keys, and who plans.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReasonerSection {
-    pub max_in_flight: usize,
-    pub queue_capacity: usize,
-    /// Intents less sure than this are not acted on.
+    /// The reasoner's keys (deliberations at once, queue).
+    pub actor: ReasonerConfig,
+    /// Intents less sure than this are not acted on (the rule planner's threshold).
     pub min_confidence: f32,
     /// Who turns intents into tool calls.
     pub planner: PlannerKind,
     /// The LLM planner's endpoint and model (used when `planner = "llm"`).
-    pub llm: LlmSection,
+    pub llm: LlmConfig,
 }
 
 impl Default for ReasonerSection {
     fn default() -> Self {
-        let r = ReasonerConfig::default();
         ReasonerSection {
-            max_in_flight: r.max_in_flight,
-            queue_capacity: r.queue_capacity,
-            min_confidence: 0.5,
-            planner: PlannerKind::Rules,
-            llm: LlmSection::default(),
+            actor: ReasonerConfig::default(),
+            min_confidence: RulePlanner::default().min_confidence,
+            planner: PlannerKind::default(),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -516,128 +215,115 @@ pub enum PlannerKind {
     Llm,
 }
 
-// --- [reasoner.llm]: the LLM planner (src/planner_llm.rs) ---------------------------------
+// A section that is an actor's config plus the service's own keys is read key by key: the
+// service's keys by the section, every other key by the actor config's `Deserialize`
+// (which refuses unknown ones). Unlike `#[serde(flatten)]`, which buffers the values, the
+// file's parser reads each value itself, so an error in any of them still points at its key.
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LlmSection {
-    /// The endpoint's API base, `/v1` included (`/chat/completions` is appended).
-    /// Empty: no endpoint, so every deliberation falls back to the rule planner.
-    pub base_url: String,
-    pub model: String,
-    /// Name of the environment variable holding the API key: the key itself never sits in
-    /// the config file. An unset variable sends no key (fine for local servers).
-    pub api_key_env: String,
-    /// Longest wait for the whole request, answer included.
-    pub timeout_secs: f64,
-    pub temperature: f32,
-    /// Most tokens the model may generate per answer.
-    pub max_tokens: u32,
-    /// Most tool calls accepted from one answer; a longer plan is refused (and falls back).
-    pub max_steps: usize,
+/// A section made of an actor's config and the service's own keys.
+trait SplitSection<'de>: Default {
+    type Actor: Deserialize<'de>;
+    /// What the section is, for the parser's "expected ..." message.
+    const EXPECTING: &'static str;
+    /// Read `key`'s value from `map` if the key is the section's own; `false` if not.
+    fn own_key<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
+    fn set_actor(&mut self, actor: Self::Actor);
 }
 
-impl Default for LlmSection {
-    fn default() -> Self {
-        LlmSection {
-            base_url: String::new(),
-            model: "gpt-4o-mini".into(),
-            api_key_env: "OPENAI_API_KEY".into(),
-            timeout_secs: 8.0,
-            temperature: 0.2,
-            max_tokens: 512,
-            max_steps: 8,
+impl<'de> SplitSection<'de> for VoiceSection {
+    type Actor = VoiceConfig;
+    const EXPECTING: &'static str = "the [voice] table";
+    fn own_key<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "backend" => self.backend = map.next_value()?,
+            "sim" => self.sim = map.next_value()?,
+            "moshi" => self.moshi = map.next_value()?,
+            "remote" => self.remote = map.next_value()?,
+            _ => return Ok(false),
         }
+        Ok(true)
+    }
+    fn set_actor(&mut self, actor: VoiceConfig) {
+        self.actor = actor;
     }
 }
 
-impl LlmSection {
-    /// Refuse values the LLM planner cannot run with, naming the key.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
-        let url = self.base_url.trim();
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return invalid(
-                "reasoner.llm.base_url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            );
+impl<'de> SplitSection<'de> for ReasonerSection {
+    type Actor = ReasonerConfig;
+    const EXPECTING: &'static str = "the [reasoner] table";
+    fn own_key<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "min_confidence" => self.min_confidence = map.next_value()?,
+            "planner" => self.planner = map.next_value()?,
+            "llm" => self.llm = map.next_value()?,
+            _ => return Ok(false),
         }
-        if self.model.trim().is_empty() {
-            return invalid("reasoner.llm.model", "must name a model".into());
-        }
-        if self.api_key_env.contains('=') || self.api_key_env.contains('\0') {
-            return invalid(
-                "reasoner.llm.api_key_env",
-                format!("{:?} is not an environment variable name", self.api_key_env),
-            );
-        }
-        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0 && self.timeout_secs <= 600.0)
-        {
-            return invalid(
-                "reasoner.llm.timeout_secs",
-                format!("{} is outside 0..600 seconds", self.timeout_secs),
-            );
-        }
-        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
-            return invalid(
-                "reasoner.llm.temperature",
-                format!("{} is outside 0..2", self.temperature),
-            );
-        }
-        if self.max_tokens == 0 {
-            return invalid("reasoner.llm.max_tokens", "must be at least 1".into());
-        }
-        if !(1..=32).contains(&self.max_steps) {
-            return invalid(
-                "reasoner.llm.max_steps",
-                format!("{} is outside 1..32", self.max_steps),
-            );
-        }
-        Ok(())
+        Ok(true)
+    }
+    fn set_actor(&mut self, actor: ReasonerConfig) {
+        self.actor = actor;
     }
 }
 
-// --- end of [reasoner.llm] -----------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AffectSection {
-    pub idle_after_secs: f64,
-    pub glide: f32,
-}
-
-impl Default for AffectSection {
-    fn default() -> Self {
-        let a = AffectConfig::default();
-        AffectSection {
-            idle_after_secs: a.idle_after.as_secs_f64(),
-            glide: a.glide,
-        }
+impl<'de> Deserialize<'de> for VoiceSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SplitVisitor(PhantomData))
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FaceSection {
-    pub mouth_floor_dbfs: f32,
-    pub mouth_ceil_dbfs: f32,
-    pub mouth_attack: f32,
-    pub mouth_release: f32,
-}
-
-impl Default for FaceSection {
-    fn default() -> Self {
-        let f = FaceConfig::default();
-        FaceSection {
-            mouth_floor_dbfs: f.mouth_floor_dbfs,
-            mouth_ceil_dbfs: f.mouth_ceil_dbfs,
-            mouth_attack: f.mouth_attack,
-            mouth_release: f.mouth_release,
-        }
+impl<'de> Deserialize<'de> for ReasonerSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SplitVisitor(PhantomData))
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+struct SplitVisitor<S>(PhantomData<S>);
+
+impl<'de, S: SplitSection<'de>> Visitor<'de> for SplitVisitor<S> {
+    type Value = S;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(S::EXPECTING)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<S, A::Error> {
+        let mut section = S::default();
+        let actor = S::Actor::deserialize(MapAccessDeserializer::new(ActorKeys {
+            section: &mut section,
+            map,
+        }))?;
+        section.set_actor(actor);
+        Ok(section)
+    }
+}
+
+/// The section's map with its own keys taken out: what the actor config reads.
+struct ActorKeys<'s, S, A> {
+    section: &'s mut S,
+    map: A,
+}
+
+impl<'de, S: SplitSection<'de>, A: MapAccess<'de>> MapAccess<'de> for ActorKeys<'_, S, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        while let Some(key) = self.map.next_key::<String>()? {
+            if !self.section.own_key(&key, &mut self.map)? {
+                return seed.deserialize(key.into_deserializer()).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AudioSection {
     /// Use the machine's default microphone and speaker (needs the `audio-device` feature).
@@ -645,14 +331,19 @@ pub struct AudioSection {
 }
 
 /// The robot body's connection (`WS /ws/body`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BodySection {
     /// The bearer token a body must present. The default is a development token: set your
     /// own before letting anything but this machine reach the brain.
     pub token: String,
-    /// A task sent to the body and not acknowledged within this is sent again.
-    pub redeliver_after_secs: f64,
+    /// A task sent to the body and not acknowledged within this is sent again (the task
+    /// ledger's `redeliver_after`).
+    #[serde(
+        rename = "redeliver_after_secs",
+        deserialize_with = "creature_actors::config_duration::secs"
+    )]
+    pub redeliver_after: Duration,
     /// Messages a body may send per second (a burst of twice this is allowed); beyond that
     /// the brain reads them at this pace (none are dropped), and a body that stays over it
     /// for ten seconds is disconnected.
@@ -666,46 +357,26 @@ impl Default for BodySection {
     fn default() -> Self {
         BodySection {
             token: DEV_BODY_TOKEN.into(),
-            redeliver_after_secs: 5.0,
+            redeliver_after: TasksConfig::default().redeliver_after,
             max_messages_per_sec: 50,
         }
     }
 }
 
-/// The task ledger's bounds (`[tasks]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TasksSection {
-    /// At most this many unfinished tasks at once; filing more is refused.
-    pub max_unfinished: usize,
-    /// Keep the newest this-many finished tasks; older finished ones are deleted.
-    pub retain_finished: usize,
-}
-
-impl Default for TasksSection {
-    fn default() -> Self {
-        let t = TasksConfig::default();
-        TasksSection {
-            max_unfinished: t.max_unfinished,
-            retain_finished: t.retain_finished,
-        }
-    }
-}
-
-fn secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    if v.is_finite() && v > 0.0 && v < 1e9 {
-        Ok(Duration::from_secs_f64(v))
+fn at_least(key: &'static str, v: usize, least: usize) -> Result<(), ConfigError> {
+    if v >= least {
+        Ok(())
     } else {
         Err(ConfigError::Invalid {
             key,
-            reason: format!("{v} is not a positive number of seconds"),
+            reason: format!("{v} is below {least}"),
         })
     }
 }
 
-fn unit(key: &'static str, v: f32) -> Result<f32, ConfigError> {
+fn unit(key: &'static str, v: f32) -> Result<(), ConfigError> {
     if (0.0..=1.0).contains(&v) {
-        Ok(v)
+        Ok(())
     } else {
         Err(ConfigError::Invalid {
             key,
@@ -725,96 +396,81 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        config.brain_config()?;
+        config.check()?;
         Ok(config)
+    }
+
+    /// Refuse values nothing can run with, naming the key. Durations were checked as the
+    /// file was read (`creature_actors::config_duration`).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        at_least("brain.max_restarts", self.brain.max_restarts as usize, 1)?;
+        if self.body.token.trim().is_empty() {
+            return invalid("body.token", "must not be empty");
+        }
+        at_least(
+            "body.max_messages_per_sec",
+            self.body.max_messages_per_sec as usize,
+            1,
+        )?;
+        at_least("tasks.max_unfinished", self.tasks.max_unfinished, 1)?;
+        let voice = &self.voice.actor;
+        at_least("voice.backlog_frames", voice.backlog_frames, 1)?;
+        at_least("voice.inbox_frames", voice.inbox_frames, 1)?;
+        if self.monologue.pause.is_zero() {
+            return invalid("monologue.pause_ms", "must be at least 1");
+        }
+        at_least(
+            "monologue.max_phrase_chars",
+            self.monologue.max_phrase_chars,
+            16,
+        )?;
+        at_least(
+            "reasoner.max_in_flight",
+            self.reasoner.actor.max_in_flight,
+            1,
+        )?;
+        at_least(
+            "reasoner.queue_capacity",
+            self.reasoner.actor.queue_capacity,
+            1,
+        )?;
+        unit("affect.glide", self.affect.glide)?;
+        if self.face.mouth_ceil_dbfs <= self.face.mouth_floor_dbfs {
+            return invalid(
+                "face.mouth_ceil_dbfs",
+                "must be louder than face.mouth_floor_dbfs",
+            );
+        }
+        unit("face.mouth_attack", self.face.mouth_attack)?;
+        unit("face.mouth_release", self.face.mouth_release)?;
+        self.voice.sim.check()?;
+        self.voice.moshi.check()?;
+        self.voice.remote.check()?;
+        self.reasoner.llm.check()?;
+        Ok(())
     }
 
     /// The actor-level settings, checked.
     pub fn brain_config(&self) -> Result<BrainConfig, ConfigError> {
-        if self.brain.max_restarts == 0 {
-            return Err(ConfigError::Invalid {
-                key: "brain.max_restarts",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.body.token.trim().is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "body.token",
-                reason: "must not be empty".into(),
-            });
-        }
-        if self.body.max_messages_per_sec == 0 {
-            return Err(ConfigError::Invalid {
-                key: "body.max_messages_per_sec",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.tasks.max_unfinished == 0 {
-            return Err(ConfigError::Invalid {
-                key: "tasks.max_unfinished",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.reasoner.max_in_flight == 0 {
-            return Err(ConfigError::Invalid {
-                key: "reasoner.max_in_flight",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.face.mouth_ceil_dbfs <= self.face.mouth_floor_dbfs {
-            return Err(ConfigError::Invalid {
-                key: "face.mouth_ceil_dbfs",
-                reason: "must be louder than face.mouth_floor_dbfs".into(),
-            });
-        }
-        if !(self.voice.sim.words_per_second > 0.2 && self.voice.sim.words_per_second <= 20.0) {
-            return Err(ConfigError::Invalid {
-                key: "voice.sim.words_per_second",
-                reason: format!("{} is outside 0.2..20", self.voice.sim.words_per_second),
-            });
-        }
-        self.voice.moshi.check()?;
-        self.voice.remote.check()?;
-        self.reasoner.llm.check()?;
+        self.check()?;
         Ok(BrainConfig {
-            max_restarts: self.brain.max_restarts,
-            restart_window: secs("brain.restart_window_secs", self.brain.restart_window_secs)?,
-            audio_inbox_frames: self.voice.inbox_frames.max(1),
-            audio_out_frames: 16,
-            voice: VoiceConfig {
-                user_vad_dbfs: self.voice.user_vad_dbfs,
-                agent_speaking_dbfs: self.voice.agent_speaking_dbfs,
-                vad_hangover_frames: self.voice.vad_hangover_frames,
-                backlog_frames: self.voice.backlog_frames.max(1),
-                realtime_priority: self.voice.realtime_priority,
-            },
-            monologue: MonologueConfig {
-                pause: Duration::from_millis(self.monologue.pause_ms.max(1)),
-                dedupe_window: secs(
-                    "monologue.dedupe_window_secs",
-                    self.monologue.dedupe_window_secs,
-                )?,
-                max_phrase_chars: self.monologue.max_phrase_chars.max(16),
-            },
+            supervision: self.brain.clone(),
+            voice: self.voice.actor.clone(),
+            monologue: self.monologue.clone(),
             tasks: TasksConfig {
-                redeliver_after: secs("body.redeliver_after_secs", self.body.redeliver_after_secs)?,
-                max_unfinished: self.tasks.max_unfinished,
-                retain_finished: self.tasks.retain_finished,
+                redeliver_after: self.body.redeliver_after,
+                ..self.tasks.clone()
             },
-            reasoner: ReasonerConfig {
-                max_in_flight: self.reasoner.max_in_flight,
-                queue_capacity: self.reasoner.queue_capacity.max(1),
-            },
-            affect: AffectConfig {
-                idle_after: secs("affect.idle_after_secs", self.affect.idle_after_secs)?,
-                glide: unit("affect.glide", self.affect.glide)?,
-            },
-            face: FaceConfig {
-                mouth_floor_dbfs: self.face.mouth_floor_dbfs,
-                mouth_ceil_dbfs: self.face.mouth_ceil_dbfs,
-                mouth_attack: unit("face.mouth_attack", self.face.mouth_attack)?,
-                mouth_release: unit("face.mouth_release", self.face.mouth_release)?,
-            },
+            reasoner: self.reasoner.actor.clone(),
+            affect: self.affect.clone(),
+            face: self.face.clone(),
+            ..BrainConfig::default()
         })
     }
 }
@@ -822,6 +478,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::voice::moshi::{MoshiDevice, MoshiDtype};
 
     fn parse(text: &str) -> Result<Config, String> {
         toml::from_str::<Config>(text).map_err(|e| e.to_string())
@@ -867,13 +524,62 @@ mod tests {
                 .contains("affect.glide")
         );
         let mut c = Config::default();
-        c.brain.restart_window_secs = -1.0;
+        c.voice.actor.backlog_frames = 0;
         assert!(
             c.brain_config()
                 .unwrap_err()
                 .to_string()
-                .contains("brain.restart_window_secs")
+                .contains("voice.backlog_frames")
         );
+        for (text, key) in [
+            (
+                "[brain]\nrestart_window_secs = -1.0\n",
+                "restart_window_secs",
+            ),
+            ("[affect]\nidle_after_secs = 0\n", "idle_after_secs"),
+            (
+                "[body]\nredeliver_after_secs = nan\n",
+                "redeliver_after_secs",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.contains(key) && err.contains("a positive number of seconds"),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn actor_sections_reach_the_brain_config() {
+        let c = parse(
+            "[brain]\nrestart_window_secs = 2.5\n[voice]\nbackend = \"sim\"\ninbox_frames = 7\n\
+             [monologue]\npause_ms = 300\n[reasoner]\nqueue_capacity = 9\n\
+             [body]\nredeliver_after_secs = 1.5\n[tasks]\nretain_finished = 20\n",
+        )
+        .unwrap();
+        let b = c.brain_config().unwrap();
+        assert_eq!(b.supervision.restart_window, Duration::from_millis(2_500));
+        assert_eq!(b.voice.inbox_frames, 7);
+        assert_eq!(b.monologue.pause, Duration::from_millis(300));
+        assert_eq!(b.reasoner.queue_capacity, 9);
+        assert_eq!(b.tasks.redeliver_after, Duration::from_millis(1_500));
+        assert_eq!(b.tasks.retain_finished, 20);
+        assert_eq!(
+            b.tasks.max_unfinished,
+            TasksConfig::default().max_unfinished
+        );
+        let err = parse("[tasks]\nredeliver_after_secs = 1.0\n").unwrap_err();
+        assert!(
+            err.contains("unknown field `redeliver_after_secs`"),
+            "{err}"
+        );
+        let err = parse("[voice]\nuser_vad_dbfs = \"loud\"\n").unwrap_err();
+        assert!(err.contains("user_vad_dbfs = \"loud\""), "{err}");
+        let err = parse("[reasoner]\nplanner = \"llm\"\nqueue_capacity = -1\n").unwrap_err();
+        assert!(err.contains("queue_capacity = -1"), "{err}");
+        let err = parse("[reasoner]\nmax_inflight = 1\n").unwrap_err();
+        assert!(err.contains("unknown field `max_inflight`"), "{err}");
     }
 
     #[test]
@@ -919,13 +625,14 @@ mod tests {
     fn remote_keys_parse_and_bad_values_name_the_key() {
         let c = parse("[voice.remote]\nurl = \"ws://gpu:8998/api/chat\"\ntext_seed = 5\nbackoff_max_ms = 2000\n").unwrap();
         assert_eq!(c.voice.remote.url, "ws://gpu:8998/api/chat");
-        assert_eq!(c.voice.remote.text_seed, Some(5));
-        assert_eq!(c.voice.remote.audio_seed, None);
-        assert_eq!(c.voice.remote.audio_topk, 250);
+        assert_eq!(c.voice.remote.sampling.text_seed, Some(5));
+        assert_eq!(c.voice.remote.sampling.audio_seed, None);
+        assert_eq!(c.voice.remote.sampling.audio_topk, 250);
+        assert_eq!(c.voice.remote.backoff_max, Duration::from_secs(2));
         c.brain_config().unwrap();
         let err = parse("[voice.remote]\ntopk = 3\n").unwrap_err();
         assert!(err.contains("unknown field `topk`"), "{err}");
-        let bad = |f: fn(&mut RemoteSection), key: &str| {
+        let bad = |f: fn(&mut RemoteConfig), key: &str| {
             let mut c = Config::default();
             f(&mut c.voice.remote);
             let err = c.brain_config().unwrap_err().to_string();
@@ -933,13 +640,16 @@ mod tests {
         };
         bad(|r| r.url = "wss://gpu/api/chat".into(), "voice.remote.url");
         bad(|r| r.url = "http://gpu/api/chat".into(), "voice.remote.url");
-        bad(|r| r.backoff_max_ms = 10, "voice.remote.backoff_max_ms");
         bad(
-            |r| r.connect_timeout_ms = 0,
+            |r| r.backoff_max = Duration::from_millis(10),
+            "voice.remote.backoff_max_ms",
+        );
+        bad(
+            |r| r.connect_timeout = Duration::ZERO,
             "voice.remote.connect_timeout_ms",
         );
         bad(
-            |r| r.text_temperature = f64::NAN,
+            |r| r.sampling.text_temperature = f64::NAN,
             "voice.remote.text_temperature",
         );
         bad(|r| r.prefill_frames = 9, "voice.remote.prefill_frames");
@@ -962,7 +672,7 @@ mod tests {
         assert!(err.contains("unknown field `api_key`"), "{err}");
         let err = parse("[reasoner]\nplanner = \"gpt\"\n").unwrap_err();
         assert!(err.contains("planner"), "{err}");
-        let bad = |f: fn(&mut LlmSection), key: &str| {
+        let bad = |f: fn(&mut LlmConfig), key: &str| {
             let mut c = Config::default();
             f(&mut c.reasoner.llm);
             let err = c.brain_config().unwrap_err().to_string();

@@ -19,7 +19,7 @@ use creature_actors::ports::{PhysicalTask, PlanContext, PlanOutcome, Planner, Pl
 use creature_actors::rules::RulePlanner;
 use serde_json::Value;
 
-use crate::config::{LlmSection, ReasonerSection};
+use crate::config::{ConfigError, ReasonerSection};
 use crate::schemas::{self, SchemaError};
 
 /// The one tool the planner offers, named as the schema's `title`.
@@ -123,6 +123,86 @@ fn quote(text: &str) -> String {
     }
 }
 
+/// The LLM planner's endpoint and model: `[reasoner.llm]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// The endpoint's API base, `/v1` included (`/chat/completions` is appended).
+    /// Empty: no endpoint, so every deliberation falls back to the rule planner.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key: the key itself never sits in
+    /// the config file. An unset variable sends no key (fine for local servers).
+    pub api_key_env: String,
+    /// Longest wait for the whole request, answer included.
+    pub timeout_secs: f64,
+    pub temperature: f32,
+    /// Most tokens the model may generate per answer.
+    pub max_tokens: u32,
+    /// Most tool calls accepted from one answer; a longer plan is refused (and falls back).
+    pub max_steps: usize,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_url: String::new(),
+            model: "gpt-4o-mini".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            timeout_secs: 8.0,
+            temperature: 0.2,
+            max_tokens: 512,
+            max_steps: 8,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Refuse values the LLM planner cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        let url = self.base_url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return invalid(
+                "reasoner.llm.base_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            );
+        }
+        if self.model.trim().is_empty() {
+            return invalid("reasoner.llm.model", "must name a model".into());
+        }
+        if self.api_key_env.contains('=') || self.api_key_env.contains('\0') {
+            return invalid(
+                "reasoner.llm.api_key_env",
+                format!("{:?} is not an environment variable name", self.api_key_env),
+            );
+        }
+        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0 && self.timeout_secs <= 600.0)
+        {
+            return invalid(
+                "reasoner.llm.timeout_secs",
+                format!("{} is outside 0..600 seconds", self.timeout_secs),
+            );
+        }
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return invalid(
+                "reasoner.llm.temperature",
+                format!("{} is outside 0..2", self.temperature),
+            );
+        }
+        if self.max_tokens == 0 {
+            return invalid("reasoner.llm.max_tokens", "must be at least 1".into());
+        }
+        if !(1..=32).contains(&self.max_steps) {
+            return invalid(
+                "reasoner.llm.max_steps",
+                format!("{} is outside 1..32", self.max_steps),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What the planner needs from `[reasoner.llm]`, with the API key already looked up.
 #[derive(Clone)]
 pub struct LlmSettings {
@@ -154,7 +234,7 @@ impl fmt::Debug for LlmSettings {
 impl LlmSettings {
     /// The settings of `section`, reading the API key from the environment variable it
     /// names (once, at startup). Call `section.check()` (via `Config::load`) first.
-    pub fn from_section(section: &LlmSection) -> Self {
+    pub fn from_config(section: &LlmConfig) -> Self {
         let base_url = section.base_url.trim().trim_end_matches('/');
         let api_key = match section.api_key_env.trim() {
             "" => None,
@@ -278,7 +358,7 @@ impl LlmPlanner {
             min_confidence: reasoner.min_confidence,
             ..RulePlanner::default()
         };
-        Self::new(LlmSettings::from_section(&reasoner.llm), rules)
+        Self::new(LlmSettings::from_config(&reasoner.llm), rules)
     }
 
     pub fn settings(&self) -> &LlmSettings {
@@ -389,7 +469,7 @@ impl LlmPlanner {
         }
         let task: PhysicalTask =
             serde_json::from_value(arguments).map_err(|e| rejected(e.to_string()))?;
-        task.validate().map_err(rejected)?;
+        task.validate().map_err(|e| rejected(e.to_string()))?;
         Ok(task)
     }
 }

@@ -17,7 +17,7 @@ use crate::config::{Config, PlannerKind, ServerConfig};
 use crate::pairing::{self, CertNames, Pairing, TlsFiles};
 use crate::planner_llm::LlmPlanner;
 use crate::server::names;
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, CloseReason, LinkTiming, SessionEnd};
 use crate::store::SledTaskStore;
 use crate::voice;
 
@@ -274,7 +274,7 @@ impl Service {
             }
         }
         self.stop_server().await;
-        self.brain.stop().await;
+        self.stop_brain().await;
         match self.brain.fatal_error() {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -292,9 +292,25 @@ impl Service {
         }
     }
 
-    /// Stop serving and stop the brain.
+    /// Stop the brain, which ends every websocket session with a close frame (1001, "the
+    /// brain is stopping"), and wait for the sessions to finish saying so.
+    async fn stop_brain(&self) {
+        self.brain.stop().await;
+        // Each session gives its goodbye a bounded time; a little more for all of them.
+        let timing = LinkTiming::from_config(&self.state.config().server);
+        let within = server::goodbye_within(SessionEnd::Closed(CloseReason::Shutdown), timing)
+            + std::time::Duration::from_secs(1);
+        if !self.state.sessions_closed(within).await {
+            tracing::warn!(
+                open = self.state.open_sessions(),
+                "websocket sessions still open after the brain stopped"
+            );
+        }
+    }
+
+    /// Stop serving and stop the brain; every websocket session is closed with a reason.
     pub async fn shutdown(mut self) {
         self.stop_server().await;
-        self.brain.stop().await;
+        self.stop_brain().await;
     }
 }

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use creature::config::{Config, LlmSection, PlannerKind};
-use creature::planner_llm::{LlmPlanner, LlmSettings};
+use creature::config::{Config, PlannerKind};
+use creature::planner_llm::{LlmConfig, LlmPlanner, LlmSettings};
 use creature::schemas;
 use creature_actors::ports::{Action, Intent, PhysicalTask, PlanContext, Planner};
 use creature_actors::rules::RulePlanner;
@@ -426,7 +426,7 @@ async fn an_unreachable_or_missing_endpoint_falls_back() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut s = LlmSettings::from_section(&LlmSection::default());
+    let mut s = LlmSettings::from_config(&LlmConfig::default());
     s.base_url = Some(format!("http://{addr}/v1"));
     let out = LlmPlanner::new(s, RulePlanner::default())
         .unwrap()
@@ -447,24 +447,24 @@ async fn an_unreachable_or_missing_endpoint_falls_back() {
 
 #[test]
 fn the_api_key_comes_from_the_variable_the_config_names() {
-    let mut section = LlmSection {
+    let mut section = LlmConfig {
         api_key_env: "CREATURE_TEST_NO_SUCH_VARIABLE_1F3A".into(),
-        ..LlmSection::default()
+        ..LlmConfig::default()
     };
     assert_eq!(
-        LlmSettings::from_section(&section).api_key,
+        LlmSettings::from_config(&section).api_key,
         None,
         "unset: no key"
     );
     // PATH is always set: it stands in for a key variable without touching the environment.
     section.api_key_env = "PATH".into();
     assert_eq!(
-        LlmSettings::from_section(&section).api_key,
+        LlmSettings::from_config(&section).api_key,
         std::env::var("PATH").ok()
     );
     section.base_url = "http://127.0.0.1:9/v1/".into();
     assert_eq!(
-        LlmSettings::from_section(&section).base_url.as_deref(),
+        LlmSettings::from_config(&section).base_url.as_deref(),
         Some("http://127.0.0.1:9/v1")
     );
 }
@@ -664,7 +664,7 @@ async fn invalid_tool_arguments_are_rejected_with_the_violation() {
 async fn a_five_second_llm_never_stalls_the_voice_tick() {
     let _turn = ONE_BRAIN_AT_A_TIME.lock().await;
     let llm = FakeLlm::start(Mode::Slow(Duration::from_secs(5))).await;
-    let brain = brain_with_llm(&llm, 7.0, |c| c.reasoner.max_in_flight = 2).await;
+    let brain = brain_with_llm(&llm, 7.0, |c| c.reasoner.actor.max_in_flight = 2).await;
     // Overruns are counted from here: the window in which the LLM keeps the slow loop busy.
     let before = eventually(Duration::from_secs(5), "the voice loop ticking", || async {
         let (_, state) = brain.get("/api/state").await;
@@ -734,7 +734,7 @@ async fn a_five_second_llm_never_stalls_the_voice_tick() {
 async fn an_llm_hogging_the_workers_never_stalls_the_voice_tick(mode: Mode) {
     let _turn = ONE_BRAIN_AT_A_TIME.lock().await;
     let llm = FakeLlm::start(mode).await;
-    let brain = brain_with_llm(&llm, 7.0, |c| c.reasoner.max_in_flight = 2).await;
+    let brain = brain_with_llm(&llm, 7.0, |c| c.reasoner.actor.max_in_flight = 2).await;
     let before = eventually(Duration::from_secs(5), "the voice loop ticking", || async {
         let (_, state) = brain.get("/api/state").await;
         let voice = &state["voice"];

@@ -348,3 +348,89 @@ async fn a_task_in_flight_survives_kill_9_of_the_brain_and_is_done_exactly_once(
     brain.kill().unwrap();
     brain.wait().unwrap();
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A websocket to the brain at `url` (http://host:port).
+async fn ws(url: &str, path: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = format!("{}{path}", url.replacen("http://", "ws://", 1));
+    let mut req = ws_url.into_client_request().unwrap();
+    if path == "/ws/body" {
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", creature::config::DEV_BODY_TOKEN)
+                .parse()
+                .unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// Read (and skip) what comes until the server's close frame: its code and reason.
+async fn close_of(socket: &mut Socket, within: Duration) -> (u16, String) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, socket.next()).await {
+            Err(_) => panic!("no close frame within {within:?}"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                // Read on, so the answering close goes out (a browser answers at once).
+                let _ = tokio::time::timeout(within, socket.next()).await;
+                return (frame.code.into(), frame.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Close(None)))) => panic!("a close frame without a reason"),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_session_with_a_reason_and_exits_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, url) = serve(data.path(), &[]);
+    let mut face = ws(&url, "/ws/face").await;
+    let mut audio = ws(&url, "/ws/audio").await;
+    let mut body = ws(&url, "/ws/body").await;
+    // Every session is up (its first message arrived) before the signal.
+    for socket in [&mut face, &mut audio, &mut body] {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a first message")
+            .expect("open")
+            .expect("a message");
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let signalled = Instant::now();
+    let closes = [("face", face), ("audio", audio), ("body", body)].map(|(name, mut socket)| {
+        tokio::spawn(async move { (name, close_of(&mut socket, Duration::from_secs(5)).await) })
+    });
+    for close in closes {
+        let (name, (code, reason)) = close.await.unwrap();
+        assert_eq!(
+            (code, reason.as_str()),
+            (1001, "the brain is stopping"),
+            "{name}"
+        );
+    }
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(4),
+            "serve still running 4 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "serve exited with {status:?}");
+}

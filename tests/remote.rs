@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use creature::config::{Backend, RemoteSection};
+use creature::config::Backend;
 use creature::voice::remote::{RemoteConfig, RemoteVoice};
 use creature_actors::{FRAME_SAMPLES, VoiceModel};
 use futures::{SinkExt, StreamExt};
@@ -326,19 +326,19 @@ fn zero_crossing_hz(x: &[f32]) -> f32 {
 }
 
 /// Fast settings for tests: short backoff and timeouts.
-fn section(url: &str) -> RemoteSection {
-    RemoteSection {
+fn section(url: &str) -> RemoteConfig {
+    RemoteConfig {
         url: url.to_string(),
-        backoff_min_ms: 20,
-        backoff_max_ms: 80,
-        connect_timeout_ms: 2_000,
-        idle_timeout_ms: 3_000,
-        ..RemoteSection::default()
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(80),
+        connect_timeout: Duration::from_millis(2_000),
+        idle_timeout: Duration::from_millis(3_000),
+        ..RemoteConfig::default()
     }
 }
 
-fn start(section: &RemoteSection) -> RemoteVoice {
-    RemoteVoice::start(RemoteConfig::from_section(section)).unwrap()
+fn start(config: &RemoteConfig) -> RemoteVoice {
+    RemoteVoice::start(config.clone()).unwrap()
 }
 
 /// Drives a backend like the voice loop would (faster than real time), recording what
@@ -441,9 +441,9 @@ impl Driver {
 async fn audio_and_text_flow_both_ways_as_ogg_opus() {
     let server = TestServer::start(vec![], false).await;
     let mut s = section(&server.url());
-    s.text_seed = Some(11);
-    s.audio_seed = Some(12);
-    s.text_topk = 30;
+    s.sampling.text_seed = Some(11);
+    s.sampling.audio_seed = Some(12);
+    s.sampling.text_topk = 30;
     let mut d = Driver::new(start(&s));
 
     d.until(Duration::from_secs(8), "agent audio and text", |d| {
@@ -519,8 +519,8 @@ async fn a_dropped_connection_means_silence_then_a_reconnect() {
     .await;
     let mut s = section(&server.url());
     // Long enough to see the gap.
-    s.backoff_min_ms = 300;
-    s.backoff_max_ms = 600;
+    s.backoff_min = Duration::from_millis(300);
+    s.backoff_max = Duration::from_millis(600);
     let mut d = Driver::new(start(&s));
 
     d.until(
@@ -642,8 +642,8 @@ async fn a_busy_server_refuses_a_second_session_and_the_client_says_so() {
         .await;
 
     let mut s = section(&server.url());
-    s.backoff_min_ms = 50;
-    s.backoff_max_ms = 100;
+    s.backoff_min = Duration::from_millis(50);
+    s.backoff_max = Duration::from_millis(100);
     let mut second = Driver::new(start(&s));
     second
         .until(Duration::from_secs(5), "the refusal", |d| {

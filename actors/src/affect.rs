@@ -5,82 +5,17 @@
 //! neutral when the hold runs out. Frame stats from `voice` are both an event source and
 //! the clock; the result goes to `face`.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
 
+use crate::FRAME_PERIOD;
 use crate::face::FaceHandle;
-use crate::slot::{ActorStats, CallError, Slot};
-use crate::voice::FrameStats;
-use crate::{CALL_TIMEOUT, FRAME_PERIOD};
-
-/// Ekman's basic emotions plus neutral: the labels the face has presets for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Emotion {
-    #[default]
-    Neutral,
-    Happy,
-    Sad,
-    Anger,
-    Fear,
-    Surprise,
-    Disgust,
-}
-
-impl Emotion {
-    pub const ALL: [Emotion; 7] = [
-        Emotion::Neutral,
-        Emotion::Happy,
-        Emotion::Sad,
-        Emotion::Anger,
-        Emotion::Fear,
-        Emotion::Surprise,
-        Emotion::Disgust,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Emotion::Neutral => "neutral",
-            Emotion::Happy => "happy",
-            Emotion::Sad => "sad",
-            Emotion::Anger => "anger",
-            Emotion::Fear => "fear",
-            Emotion::Surprise => "surprise",
-            Emotion::Disgust => "disgust",
-        }
-    }
-
-    /// Where the label sits on the valence/arousal plane (Russell's circumplex).
-    pub fn preset(self) -> (f32, f32) {
-        match self {
-            Emotion::Neutral => (0.0, 0.0),
-            Emotion::Happy => (0.75, 0.5),
-            Emotion::Sad => (-0.65, -0.4),
-            Emotion::Anger => (-0.6, 0.75),
-            Emotion::Fear => (-0.7, 0.65),
-            Emotion::Surprise => (0.2, 0.85),
-            Emotion::Disgust => (-0.7, 0.25),
-        }
-    }
-}
-
-/// Things that happen to the creature and move its affect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AffectEvent {
-    UserSpeaking,
-    AgentSpeaking,
-    BargeIn,
-    IntentDetected,
-    TaskStarted,
-    TaskSucceeded,
-    TaskFailed,
-    LongIdle,
-}
+use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
+use crate::ring::Ring;
+use crate::signals::{AffectEvent, Emotion, FrameStats, Mood};
+use crate::slot::Slot;
 
 /// The response to an event: a label, a target point, how long to hold it, and a priority
 /// (a held response is only replaced by one of equal or higher priority).
@@ -117,10 +52,15 @@ fn response(event: AffectEvent) -> Response {
     }
 }
 
-/// Affect settings (from `[affect]` in the config file).
-#[derive(Debug, Clone)]
+/// Affect settings: `[affect]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AffectConfig {
     /// No speech from either side for this long is a long idle.
+    #[serde(
+        rename = "idle_after_secs",
+        deserialize_with = "crate::config_duration::secs"
+    )]
     pub idle_after: Duration,
     /// Fraction of the way to the target covered each frame (0..1).
     pub glide: f32,
@@ -135,14 +75,6 @@ impl Default for AffectConfig {
     }
 }
 
-/// The affect state as the API and the face see it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Mood {
-    pub emotion: Emotion,
-    pub valence: f32,
-    pub arousal: f32,
-}
-
 #[derive(Debug)]
 pub enum AffectMsg {
     /// Stats of one voice frame (also the state machine's clock).
@@ -153,44 +85,81 @@ pub enum AffectMsg {
     Crash,
 }
 
-#[derive(Clone, Debug)]
-pub struct AffectHandle {
-    slot: Slot<AffectMsg>,
+impl SnapshotRequest for AffectMsg {
+    fn snapshot(reply: RpcReplyPort<serde_json::Value>) -> Self {
+        AffectMsg::Snapshot(reply)
+    }
 }
 
-impl AffectHandle {
-    pub(crate) fn new(slot: Slot<AffectMsg>) -> Self {
-        AffectHandle { slot }
+#[cfg(feature = "fault-injection")]
+impl crate::handle::FaultInjection for AffectMsg {
+    fn crash() -> Self {
+        AffectMsg::Crash
     }
+}
 
+/// The affect state machine's handle; `stats`, `snapshot` and `crash` come from
+/// [`ActorHandle`].
+#[derive(Clone, Debug)]
+pub struct AffectHandle {
+    actor: ActorHandle<AffectMsg>,
+}
+
+deref_to_actor_handle!(AffectHandle, AffectMsg);
+
+impl AffectHandle {
     pub fn frame(&self, stats: FrameStats) {
-        self.slot.cast(AffectMsg::Frame(stats));
+        self.actor.cast(AffectMsg::Frame(stats));
     }
 
     pub fn event(&self, event: AffectEvent) {
-        self.slot.cast(AffectMsg::Event(event));
-    }
-
-    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        self.slot.call(AffectMsg::Snapshot, CALL_TIMEOUT).await
-    }
-
-    pub fn stats(&self) -> &Arc<ActorStats> {
-        self.slot.stats()
-    }
-
-    #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
-        self.slot.cast(AffectMsg::Crash);
+        self.actor.cast(AffectMsg::Event(event));
     }
 }
 
+/// The affect actor: read-only wiring; all mutable state is in [`AffectState`].
 #[derive(Clone)]
 pub struct Affect {
-    pub(crate) config: AffectConfig,
-    pub(crate) face: FaceHandle,
+    config: AffectConfig,
+    /// Where the mood goes when it changes.
+    face: FaceHandle,
     /// Where this actor registers each incarnation (and counts its messages).
-    pub(crate) slot: Slot<AffectMsg>,
+    slot: Slot<AffectMsg>,
+}
+
+impl Affect {
+    /// An affect state machine that tells `face` its mood.
+    pub fn new(config: AffectConfig, face: FaceHandle) -> Self {
+        Affect {
+            config,
+            face,
+            slot: Slot::new("affect"),
+        }
+    }
+
+    /// The handle that reaches every incarnation of this actor.
+    pub fn handle(&self) -> AffectHandle {
+        AffectHandle {
+            actor: ActorHandle::new(self.slot.clone()),
+        }
+    }
+
+    /// Build the actor and start it (under `supervisor`, if given).
+    pub async fn spawn(
+        config: AffectConfig,
+        face: FaceHandle,
+        supervisor: Option<ActorCell>,
+    ) -> Result<AffectHandle, SpawnError> {
+        let affect = Affect::new(config, face);
+        affect.start(supervisor).await?;
+        Ok(affect.handle())
+    }
+}
+
+impl Spawn for Affect {
+    fn slot(&self) -> &Slot<AffectMsg> {
+        &self.slot
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,7 +183,7 @@ pub struct AffectState {
     agent_speaking: bool,
     published: Option<Mood>,
     events: u64,
-    recent: VecDeque<EventRecord>,
+    recent: Ring<EventRecord>,
 }
 
 const RECENT: usize = 24;
@@ -244,7 +213,7 @@ impl AffectState {
             agent_speaking: false,
             published: None,
             events: 0,
-            recent: VecDeque::with_capacity(RECENT),
+            recent: Ring::new(RECENT),
         }
     }
 }
@@ -264,10 +233,7 @@ impl Affect {
             state.hold_until = state.tick + ticks(r.hold).max(1);
             state.mood.emotion = r.emotion;
         }
-        if state.recent.len() == RECENT {
-            state.recent.pop_front();
-        }
-        state.recent.push_back(EventRecord {
+        state.recent.push(EventRecord {
             event,
             tick: state.tick,
             emotion: r.emotion,
@@ -391,14 +357,17 @@ mod tests {
     use super::*;
 
     fn machine() -> (Affect, AffectState) {
-        let affect = Affect {
-            config: AffectConfig {
+        let face = crate::face::Face::new(
+            crate::face::FaceConfig::default(),
+            crate::clock::TickClock::new(std::time::Instant::now(), FRAME_PERIOD),
+        );
+        let affect = Affect::new(
+            AffectConfig {
                 idle_after: Duration::from_secs(2),
                 glide: 0.5,
             },
-            face: FaceHandle::new(Slot::new("face"), crate::face::face_outlet()),
-            slot: Slot::new("affect"),
-        };
+            face.handle(),
+        );
         let state = AffectState::new();
         (affect, state)
     }

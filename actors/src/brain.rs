@@ -1,7 +1,9 @@
-//! `brain`: the root supervisor. It starts the six children, restarts one that fails
-//! (one-for-one: the others keep running, the voice keeps ticking), and gives up like an
-//! OTP supervisor when failures come too fast: past `max_restarts` within `restart_window`
-//! it stops the whole tree with an error that names the child.
+//! `brain`: the root supervisor. It only wires: it builds each of the six children with the
+//! handles of the actors it sends to, starts them with [`Spawn::start`], restarts one that
+//! fails (one-for-one: the others keep running, the voice keeps ticking; the handles reach
+//! the new incarnation through its slot), and gives up like an OTP supervisor when failures
+//! come too fast: past `max_restarts` within `restart_window` it stops the whole tree with
+//! an error that names the child.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,27 +13,46 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::affect::{Affect, AffectConfig, AffectHandle, AffectMsg};
+use crate::affect::{Affect, AffectConfig, AffectHandle};
 use crate::audio::{AgentFrame, AudioInbox};
 use crate::clock::TickClock;
-use crate::face::{Face, FaceConfig, FaceHandle, FaceMsg, face_outlet};
-use crate::monologue::{Monologue, MonologueConfig, MonologueHandle, MonologueMsg};
+use crate::face::{Face, FaceConfig, FaceHandle};
+use crate::handle::Spawn;
+use crate::monologue::{Monologue, MonologueConfig, MonologueHandle};
 use crate::ports::{Planner, TaskStore, VoiceModel};
-use crate::reasoner::{Reasoner, ReasonerConfig, ReasonerHandle, ReasonerMsg};
-use crate::slot::{ActorStats, ActorStatus, ActorSummary, CallError, Slot};
-use crate::tasks::{Tasks, TasksConfig, TasksHandle, TasksMsg};
-use crate::voice::{Voice, VoiceConfig, VoiceHandle, VoiceMetrics, VoiceMsg};
-use crate::worker::ModelWorker;
+use crate::reasoner::{Reasoner, ReasonerConfig, ReasonerHandle};
+use crate::ring::Ring;
+use crate::slot::{ActorStats, ActorStatus, ActorSummary, CallError};
+use crate::tasks::{Tasks, TasksConfig, TasksHandle};
+use crate::voice::{Voice, VoiceConfig, VoiceHandle, VoiceMetrics, VoiceWiring};
 use crate::{CALL_TIMEOUT, FRAME_PERIOD};
+
+/// Restart intensity of the root supervisor: `[brain]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within `restart_window` before the brain gives up.
+    pub max_restarts: u32,
+    #[serde(
+        rename = "restart_window_secs",
+        deserialize_with = "crate::config_duration::secs"
+    )]
+    pub restart_window: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            max_restarts: 5,
+            restart_window: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Supervision and loop settings.
 #[derive(Debug, Clone)]
 pub struct BrainConfig {
-    /// Restarts allowed within `restart_window` before the brain gives up.
-    pub max_restarts: u32,
-    pub restart_window: Duration,
-    /// User audio the inbox holds before dropping the oldest, in frames.
-    pub audio_inbox_frames: usize,
+    pub supervision: SupervisionConfig,
     /// Agent frames a slow audio listener may lag before it skips ahead.
     pub audio_out_frames: usize,
     pub voice: VoiceConfig,
@@ -45,9 +66,7 @@ pub struct BrainConfig {
 impl Default for BrainConfig {
     fn default() -> Self {
         BrainConfig {
-            max_restarts: 5,
-            restart_window: Duration::from_secs(10),
-            audio_inbox_frames: 25,
+            supervision: SupervisionConfig::default(),
             audio_out_frames: 16,
             voice: VoiceConfig::default(),
             monologue: MonologueConfig::default(),
@@ -134,25 +153,26 @@ impl Child {
     }
 }
 
-#[derive(Clone)]
-struct Slots {
-    voice: Slot<VoiceMsg>,
-    monologue: Slot<MonologueMsg>,
-    reasoner: Slot<ReasonerMsg>,
-    tasks: Slot<TasksMsg>,
-    affect: Slot<AffectMsg>,
-    face: Slot<FaceMsg>,
+/// The children's definitions, each cloned for every (re)start; each one's slot carries its
+/// counters.
+struct Children {
+    voice: Voice,
+    monologue: Monologue,
+    reasoner: Reasoner,
+    tasks: Tasks,
+    affect: Affect,
+    face: Face,
 }
 
-impl Slots {
+impl Children {
     fn stats(&self, child: Child) -> &Arc<ActorStats> {
         match child {
-            Child::Voice => self.voice.stats(),
-            Child::Monologue => self.monologue.stats(),
-            Child::Reasoner => self.reasoner.stats(),
-            Child::Tasks => self.tasks.stats(),
-            Child::Affect => self.affect.stats(),
-            Child::Face => self.face.stats(),
+            Child::Voice => self.voice.slot().stats(),
+            Child::Monologue => self.monologue.slot().stats(),
+            Child::Reasoner => self.reasoner.slot().stats(),
+            Child::Tasks => self.tasks.slot().stats(),
+            Child::Affect => self.affect.slot().stats(),
+            Child::Face => self.face.slot().stats(),
         }
     }
 }
@@ -213,21 +233,19 @@ impl Drop for LoopRuntime {
     }
 }
 
-/// The root supervisor: the children's definitions, cloned for each (re)start.
+/// The root supervisor: it only wires and restarts its children.
 struct Brain {
-    /// Where the voice actor runs (see [`LoopRuntime`]).
+    /// Where the voice and face actors run (see [`LoopRuntime`]).
     voice_runtime: tokio::runtime::Handle,
+    /// Supervision settings (the children's own are in their definitions).
     config: BrainConfig,
-    voice: Voice,
-    monologue: Monologue,
-    reasoner: Reasoner,
-    tasks: Tasks,
-    affect: Affect,
-    face: Face,
-    slots: Slots,
+    children: Children,
     stats: Arc<ActorStats>,
     fatal: Arc<Mutex<Option<BrainError>>>,
 }
+
+/// How many restarts the snapshot lists.
+const RESTART_HISTORY: usize = 32;
 
 #[derive(Debug, Clone, Serialize)]
 struct RestartRecord {
@@ -240,7 +258,8 @@ struct BrainState {
     by_id: HashMap<ActorId, Child>,
     /// When recent restarts happened, for the intensity limit.
     restarts: VecDeque<Instant>,
-    history: VecDeque<RestartRecord>,
+    /// The most recent restarts, for the snapshot.
+    history: Ring<RestartRecord>,
 }
 
 #[derive(Debug)]
@@ -248,22 +267,19 @@ enum BrainMsg {
     Snapshot(RpcReplyPort<serde_json::Value>),
 }
 
-/// Start `actor` under `supervisor`, on `runtime` when given (else on the caller's).
-async fn spawn_linked<A: Actor<Arguments = ()>>(
-    actor: A,
+/// Start an incarnation of `actor` under `supervisor`, on `runtime` when given (else on the
+/// caller's).
+async fn start_linked<A: Spawn>(
+    actor: &A,
     supervisor: ractor::ActorCell,
     runtime: Option<&tokio::runtime::Handle>,
 ) -> Result<ActorId, String> {
-    let start = async move {
-        Actor::spawn_linked(None, actor, (), supervisor)
-            .await
-            .map(|(actor, _)| actor.get_id())
-            .map_err(|e| e.to_string())
-    };
-    match runtime {
+    let start = actor.start(Some(supervisor));
+    let started = match runtime {
         Some(rt) => rt.spawn(start).await.map_err(|e| e.to_string())?,
         None => start.await,
-    }
+    };
+    started.map(|cell| cell.get_id()).map_err(|e| e.to_string())
 }
 
 impl Brain {
@@ -276,16 +292,15 @@ impl Brain {
         // Voice and face live on the fast loop's own runtime: a frame's stats reach every
         // phone without waiting for the shared async workers.
         let fast = Some(&self.voice_runtime);
-        let id = match child {
-            Child::Voice => spawn_linked(self.voice.clone(), sup, fast).await?,
-            Child::Monologue => spawn_linked(self.monologue.clone(), sup, None).await?,
-            Child::Reasoner => spawn_linked(self.reasoner.clone(), sup, None).await?,
-            Child::Tasks => spawn_linked(self.tasks.clone(), sup, None).await?,
-            Child::Affect => spawn_linked(self.affect.clone(), sup, None).await?,
-            Child::Face => spawn_linked(self.face.clone(), sup, fast).await?,
-        };
-        self.slots.stats(child).set_status(ActorStatus::Running);
-        Ok(id)
+        let c = &self.children;
+        match child {
+            Child::Voice => start_linked(&c.voice, sup, fast).await,
+            Child::Monologue => start_linked(&c.monologue, sup, None).await,
+            Child::Reasoner => start_linked(&c.reasoner, sup, None).await,
+            Child::Tasks => start_linked(&c.tasks, sup, None).await,
+            Child::Affect => start_linked(&c.affect, sup, None).await,
+            Child::Face => start_linked(&c.face, sup, fast).await,
+        }
     }
 
     /// A child died: restart it, unless failures are coming faster than the limit.
@@ -299,27 +314,24 @@ impl Brain {
         let Some(child) = state.by_id.remove(&id) else {
             return;
         };
-        let stats = self.slots.stats(child);
+        let stats = self.children.stats(child);
         tracing::error!(actor = child.name(), cause = %error, "actor failed");
-        if state.history.len() == 32 {
-            state.history.pop_front();
-        }
-        state.history.push_back(RestartRecord {
+        state.history.push(RestartRecord {
             child,
             error: error.clone(),
             at_ms: crate::ports::now_ms(),
         });
         let now = Instant::now();
-        let window = self.config.restart_window;
+        let window = self.config.supervision.restart_window;
         state.restarts.retain(|t| now.duration_since(*t) < window);
         let mut last_error = error;
         loop {
-            if state.restarts.len() as u32 >= self.config.max_restarts {
+            if state.restarts.len() as u32 >= self.config.supervision.max_restarts {
                 stats.record_failure(last_error.clone(), false);
                 let fatal = BrainError::RestartIntensity {
                     child: child.name(),
                     failures: state.restarts.len() as u32 + 1,
-                    limit: self.config.max_restarts,
+                    limit: self.config.supervision.max_restarts,
                     window,
                     last_error,
                 };
@@ -381,7 +393,7 @@ impl Actor for Brain {
         Ok(BrainState {
             by_id,
             restarts: VecDeque::new(),
-            history: VecDeque::new(),
+            history: Ring::new(RESTART_HISTORY),
         })
     }
 
@@ -395,7 +407,7 @@ impl Actor for Brain {
             .await;
         let failed = self.fatal.lock().map(|f| f.is_some()).unwrap_or(false);
         for child in Child::ALL {
-            let stats = self.slots.stats(child);
+            let stats = self.children.stats(child);
             if stats.status() != ActorStatus::Failed {
                 stats.set_status(ActorStatus::Stopped);
             }
@@ -419,8 +431,8 @@ impl Actor for Brain {
             BrainMsg::Snapshot(reply) => {
                 let _ = reply.send(serde_json::json!({
                     "strategy": "one_for_one",
-                    "max_restarts": self.config.max_restarts,
-                    "restart_window_ms": self.config.restart_window.as_millis() as u64,
+                    "max_restarts": self.config.supervision.max_restarts,
+                    "restart_window_ms": self.config.supervision.restart_window.as_millis() as u64,
                     "recent_restarts": state.restarts.len(),
                     "children": Child::ALL.iter().map(|c| c.name()).collect::<Vec<_>>(),
                     "restart_history": state.history,
@@ -469,14 +481,19 @@ pub enum SnapshotError {
     Call(#[from] CallError),
 }
 
+/// How long [`BrainHandle::stop`] waits for the voice model's thread to finish its step.
+const MODEL_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The running brain: typed handles to every actor and the audio plumbing.
 pub struct BrainHandle {
     root: ActorRef<BrainMsg>,
-    /// The children's addresses and counters.
-    slots: Slots,
     /// Stops the voice loop's thread when the handle goes (after the actors have stopped).
     _voice_runtime: LoopRuntime,
     join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Joins the voice model's thread in [`BrainHandle::stop`].
+    model: Option<crate::worker::ModelStopper>,
+    /// Set when [`BrainHandle::stop`] begins: sessions served on the brain end on it.
+    stopping: tokio::sync::watch::Sender<bool>,
     fatal: Arc<Mutex<Option<BrainError>>>,
     stats: Arc<ActorStats>,
     clock: TickClock,
@@ -503,87 +520,54 @@ impl BrainHandle {
     /// Start the tree. Returns once every actor runs and the first tick is scheduled.
     pub async fn start(config: BrainConfig, ports: BrainPorts) -> Result<BrainHandle, BrainError> {
         let clock = TickClock::new(Instant::now(), FRAME_PERIOD);
-        let slots = Slots {
-            voice: Slot::new("voice"),
-            monologue: Slot::new("monologue"),
-            reasoner: Slot::new("reasoner"),
-            tasks: Slot::new("tasks"),
-            affect: Slot::new("affect"),
-            face: Slot::new("face"),
-        };
-        let metrics = Arc::new(VoiceMetrics::default());
-        let backend = ports.model.backend();
-        let accepts_text = ports.model.accepts_text();
-        let voice = VoiceHandle::new(
-            slots.voice.clone(),
-            backend,
-            accepts_text,
-            Arc::clone(&metrics),
-        );
-        let deliver = voice.clone();
-        let setup = metrics.model_thread_setup(config.voice.realtime_priority);
-        let worker = ModelWorker::spawn(ports.model, setup, move |done| deliver.step_done(done))
-            .map_err(|e| BrainError::Worker(e.to_string()))?;
-
-        let outlet = face_outlet();
-        let face = FaceHandle::new(slots.face.clone(), Arc::clone(&outlet));
-        let affect = AffectHandle::new(slots.affect.clone());
-        let tasks = TasksHandle::new(slots.tasks.clone());
-        let reasoner = ReasonerHandle::new(slots.reasoner.clone());
-        let monologue = MonologueHandle::new(slots.monologue.clone());
-        let inbox = Arc::new(AudioInbox::new(config.audio_inbox_frames));
+        let inbox = Arc::new(AudioInbox::new(config.voice.inbox_frames));
         let (audio_out, _) = broadcast::channel(config.audio_out_frames.max(1));
         let planner = ports.planner.name();
+        // Each actor is built with the handles of the actors it sends to, consumers first.
+        let face = Face::new(config.face.clone(), clock);
+        let affect = Affect::new(config.affect.clone(), face.handle());
+        let tasks = Tasks::new(config.tasks.clone(), ports.store, affect.handle());
+        let reasoner = Reasoner::new(config.reasoner.clone(), ports.planner, tasks.handle());
+        let monologue =
+            Monologue::new(config.monologue.clone(), reasoner.handle(), affect.handle());
+        let voice = Voice::new(
+            config.voice.clone(),
+            VoiceWiring {
+                model: ports.model,
+                clock,
+                inbox: Arc::clone(&inbox),
+                audio_out: audio_out.clone(),
+                monologue: monologue.handle(),
+                face: face.handle(),
+                affect: affect.handle(),
+            },
+        )
+        .map_err(|e| BrainError::Worker(e.to_string()))?;
+        let model = voice.model_stopper();
+        let handles = (
+            voice.handle(),
+            monologue.handle(),
+            reasoner.handle(),
+            tasks.handle(),
+            affect.handle(),
+            face.handle(),
+        );
 
         let stats = Arc::new(ActorStats::new("brain"));
         let fatal = Arc::new(Mutex::new(None));
         let voice_runtime =
-            LoopRuntime::start(config.voice.realtime_priority, Arc::clone(&metrics))
+            LoopRuntime::start(config.voice.realtime_priority, Arc::clone(voice.metrics()))
                 .map_err(|e| BrainError::Worker(e.to_string()))?;
         let brain = Brain {
             voice_runtime: voice_runtime.handle.clone(),
-            voice: Voice {
-                config: config.voice.clone(),
-                clock,
-                worker: Arc::new(worker),
-                metrics,
-                slot: slots.voice.clone(),
-                inbox: Arc::clone(&inbox),
-                audio_out: audio_out.clone(),
-                monologue: monologue.clone(),
-                face: face.clone(),
-                affect: affect.clone(),
+            children: Children {
+                voice,
+                monologue,
+                reasoner,
+                tasks,
+                affect,
+                face,
             },
-            monologue: Monologue {
-                config: config.monologue.clone(),
-                reasoner: reasoner.clone(),
-                affect: affect.clone(),
-                slot: slots.monologue.clone(),
-            },
-            reasoner: Reasoner {
-                config: config.reasoner.clone(),
-                planner: ports.planner,
-                tasks: tasks.clone(),
-                slot: slots.reasoner.clone(),
-            },
-            tasks: Tasks {
-                config: config.tasks.clone(),
-                store: ports.store,
-                affect: affect.clone(),
-                slot: slots.tasks.clone(),
-            },
-            affect: Affect {
-                config: config.affect.clone(),
-                face: face.clone(),
-                slot: slots.affect.clone(),
-            },
-            face: Face {
-                config: config.face.clone(),
-                clock,
-                outlet,
-                slot: slots.face.clone(),
-            },
-            slots: slots.clone(),
             config,
             stats: Arc::clone(&stats),
             fatal: Arc::clone(&fatal),
@@ -598,11 +582,13 @@ impl BrainHandle {
                 }));
             }
         };
+        let (voice, monologue, reasoner, tasks, affect, face) = handles;
         Ok(BrainHandle {
             root,
-            slots,
             _voice_runtime: voice_runtime,
             join: tokio::sync::Mutex::new(Some(join)),
+            model,
+            stopping: tokio::sync::watch::Sender::new(false),
             fatal,
             stats,
             clock,
@@ -626,7 +612,14 @@ impl BrainHandle {
     }
 
     fn child_stats(&self, child: Child) -> &Arc<ActorStats> {
-        self.slots.stats(child)
+        match child {
+            Child::Voice => self.voice.stats(),
+            Child::Monologue => self.monologue.stats(),
+            Child::Reasoner => self.reasoner.stats(),
+            Child::Tasks => self.tasks.stats(),
+            Child::Affect => self.affect.stats(),
+            Child::Face => self.face.stats(),
+        }
     }
 
     /// One actor's own state snapshot, by the name the API uses.
@@ -698,8 +691,10 @@ impl BrainHandle {
         self.fatal.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Stop every actor and wait for them.
+    /// Stop: tell whoever serves on the brain ([`BrainHandle::stopping`]), stop every actor
+    /// and wait for them, then join the voice model's thread (after the step it is on).
     pub async fn stop(&self) {
+        self.stopping.send_replace(true);
         if let Err(e) = self
             .root
             .stop_and_wait(None, Some(Duration::from_secs(10)))
@@ -707,6 +702,38 @@ impl BrainHandle {
         {
             tracing::warn!(cause = %e, "brain did not stop cleanly");
         }
+        if let Some(model) = self.model.clone() {
+            let joined = tokio::time::timeout(
+                MODEL_STOP_TIMEOUT,
+                tokio::task::spawn_blocking(move || model.stop()),
+            )
+            .await;
+            if joined.is_err() {
+                tracing::warn!(
+                    waited_secs = MODEL_STOP_TIMEOUT.as_secs(),
+                    "the voice model thread is still inside a step; not waiting for it"
+                );
+            }
+        }
+    }
+
+    /// Completes once [`BrainHandle::stop`] begins (or the handle is gone): the signal for
+    /// sessions served on the brain to say goodbye.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Whether [`BrainHandle::stop`] has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Whether the voice model's thread has been joined (after [`BrainHandle::stop`]).
+    pub fn model_thread_joined(&self) -> bool {
+        self.model.as_ref().is_none_or(|m| m.joined())
     }
 
     /// Wait until the brain stops; an error says why it stopped on its own.

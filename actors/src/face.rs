@@ -7,16 +7,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::CALL_TIMEOUT;
-use crate::affect::{Emotion, Mood};
 use crate::audio::dbfs;
 use crate::clock::TickClock;
-use crate::slot::{ActorStats, CallError, Slot};
-use crate::voice::FrameStats;
+use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
+use crate::signals::{Emotion, FrameStats, Mood};
+use crate::slot::Slot;
 
 /// Mouth shapes, a reduced Preston Blair set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,7 +114,7 @@ impl FaceUpdate {
 /// Where face frames are published; lives outside the actor so sockets survive its restarts.
 pub type FaceOutlet = Arc<watch::Sender<Arc<FaceUpdate>>>;
 
-pub fn face_outlet() -> FaceOutlet {
+fn face_outlet() -> FaceOutlet {
     Arc::new(watch::channel(Arc::new(FaceUpdate::new(idle_frame(0, 0), None))).0)
 }
 
@@ -133,8 +132,9 @@ fn idle_frame(seq: u64, t_ms: u64) -> FaceFrame {
     }
 }
 
-/// Face settings (from `[face]` in the config file).
-#[derive(Debug, Clone)]
+/// Face settings: `[face]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FaceConfig {
     /// Agent loudness at which the mouth starts to open.
     pub mouth_floor_dbfs: f32,
@@ -168,23 +168,35 @@ pub enum FaceMsg {
     Crash,
 }
 
+impl SnapshotRequest for FaceMsg {
+    fn snapshot(reply: RpcReplyPort<serde_json::Value>) -> Self {
+        FaceMsg::Snapshot(reply)
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl crate::handle::FaultInjection for FaceMsg {
+    fn crash() -> Self {
+        FaceMsg::Crash
+    }
+}
+
+/// The face's handle; `stats`, `snapshot` and `crash` come from [`ActorHandle`].
 #[derive(Clone, Debug)]
 pub struct FaceHandle {
-    slot: Slot<FaceMsg>,
+    actor: ActorHandle<FaceMsg>,
     outlet: FaceOutlet,
 }
 
-impl FaceHandle {
-    pub(crate) fn new(slot: Slot<FaceMsg>, outlet: FaceOutlet) -> Self {
-        FaceHandle { slot, outlet }
-    }
+deref_to_actor_handle!(FaceHandle, FaceMsg);
 
+impl FaceHandle {
     pub fn frame(&self, stats: FrameStats) {
-        self.slot.cast(FaceMsg::Frame(stats));
+        self.actor.cast(FaceMsg::Frame(stats));
     }
 
     pub fn mood(&self, mood: Mood) {
-        self.slot.cast(FaceMsg::Mood(mood));
+        self.actor.cast(FaceMsg::Mood(mood));
     }
 
     /// A receiver of face frames; it always holds the newest one.
@@ -196,28 +208,55 @@ impl FaceHandle {
     pub fn subscribers(&self) -> usize {
         self.outlet.receiver_count()
     }
+}
 
-    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        self.slot.call(FaceMsg::Snapshot, CALL_TIMEOUT).await
+/// The face actor: read-only wiring; all mutable state is in [`FaceState`].
+#[derive(Clone)]
+pub struct Face {
+    config: FaceConfig,
+    /// Stamps each frame with the time since the brain started.
+    clock: TickClock,
+    /// Lives outside the actor, so phones stay subscribed across its restarts.
+    outlet: FaceOutlet,
+    /// Where this actor registers each incarnation (and counts its messages).
+    slot: Slot<FaceMsg>,
+}
+
+impl Face {
+    /// A face publishing on an outlet of its own.
+    pub fn new(config: FaceConfig, clock: TickClock) -> Self {
+        Face {
+            config,
+            clock,
+            outlet: face_outlet(),
+            slot: Slot::new("face"),
+        }
     }
 
-    pub fn stats(&self) -> &Arc<ActorStats> {
-        self.slot.stats()
+    /// The handle that reaches every incarnation of this face.
+    pub fn handle(&self) -> FaceHandle {
+        FaceHandle {
+            actor: ActorHandle::new(self.slot.clone()),
+            outlet: Arc::clone(&self.outlet),
+        }
     }
 
-    #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
-        self.slot.cast(FaceMsg::Crash);
+    /// Build a face and start it (under `supervisor`, if given).
+    pub async fn spawn(
+        config: FaceConfig,
+        clock: TickClock,
+        supervisor: Option<ActorCell>,
+    ) -> Result<FaceHandle, SpawnError> {
+        let face = Face::new(config, clock);
+        face.start(supervisor).await?;
+        Ok(face.handle())
     }
 }
 
-#[derive(Clone)]
-pub struct Face {
-    pub(crate) config: FaceConfig,
-    pub(crate) clock: TickClock,
-    pub(crate) outlet: FaceOutlet,
-    /// Where this actor registers each incarnation (and counts its messages).
-    pub(crate) slot: Slot<FaceMsg>,
+impl Spawn for Face {
+    fn slot(&self) -> &Slot<FaceMsg> {
+        &self.slot
+    }
 }
 
 pub struct FaceState {

@@ -7,7 +7,7 @@
 //! - [`ports`]: the traits this crate needs from the outside world ([`VoiceModel`],
 //!   [`Planner`], [`TaskStore`]) and the plain data that crosses them.
 //! - [`brain`]: the root supervisor. It starts the six children, restarts a failed one
-//!   (one-for-one, with a restart-intensity limit) and hands out a [`Brain`] handle.
+//!   (one-for-one, with a restart-intensity limit) and hands out a [`BrainHandle`].
 //! - [`voice`]: the fast loop, ticking every 80 ms on absolute deadlines; model compute runs
 //!   on the dedicated thread in [`worker`].
 //! - [`monologue`]: the inner-monologue watcher; [`intent`] holds its phrase grammar and
@@ -16,8 +16,14 @@
 //!   [`rules`] is its embedded planner.
 //! - [`tasks`]: the durable task ledger and the task lifecycle.
 //! - [`affect`]: the affect state machine (Ekman label plus a valence/arousal point).
+//! - [`signals`]: the data that crosses actors (frame stats, text pieces, emotions, events),
+//!   so actor files import only the handles of the actors they send to.
 //! - [`face`]: merges mouth, affect and speaking into one message for every phone face.
-//! - [`slot`]: the restart-proof address every handle uses, and the per-actor counters.
+//! - [`slot`]: the restart-proof address every handle uses, and the per-actor counters;
+//!   [`handle`]: what every actor shares: the generic part of the handles, and
+//!   [`Spawn`](handle::Spawn), which starts an actor alone or under the brain.
+//! - [`ring`]: the bounded list (newest items kept, the oldest dropped and counted) behind
+//!   every actor's recent history.
 //! - [`clock`], [`histogram`], [`audio`]: tick deadlines, lock-free latency histograms, and
 //!   the bounded audio plumbing around the fast loop; [`realtime`]: its threads' priority.
 
@@ -26,21 +32,25 @@ pub mod audio;
 pub mod brain;
 pub mod classifier;
 pub mod clock;
+pub mod config_duration;
 pub mod face;
+pub mod handle;
 pub mod histogram;
 pub mod intent;
 pub mod monologue;
 pub mod ports;
 pub mod realtime;
 pub mod reasoner;
+pub mod ring;
 pub mod rules;
+pub mod signals;
 pub mod slot;
 pub mod tasks;
 pub mod text;
 pub mod voice;
 pub mod worker;
 
-pub use brain::{BrainConfig, BrainError, BrainHandle, BrainPorts, Child};
+pub use brain::{BrainConfig, BrainError, BrainHandle, BrainPorts, Child, SupervisionConfig};
 pub use ports::{
     FRAME_PERIOD, FRAME_SAMPLES, Planner, PlannerError, SAMPLE_RATE, StepOutput, StoreError,
     TaskStore, VoiceError, VoiceModel,

@@ -6,26 +6,35 @@
 //! nothing here answers back.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
-use crate::CALL_TIMEOUT;
-use crate::affect::{AffectEvent, AffectHandle};
+use crate::affect::AffectHandle;
 use crate::classifier::{Decision, IntentClassifier};
+use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
 use crate::ports::{Action, Intent};
 use crate::reasoner::ReasonerHandle;
-use crate::slot::{ActorStats, CallError, Slot};
-use crate::voice::TextPiece;
+use crate::ring::Ring;
+use crate::signals::{AffectEvent, TextPiece};
+use crate::slot::Slot;
 
-/// Watcher settings (from `[monologue]` in the config file).
-#[derive(Debug, Clone)]
+/// Watcher settings: `[monologue]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MonologueConfig {
     /// Silence in the text stream that closes a phrase.
+    #[serde(
+        rename = "pause_ms",
+        deserialize_with = "crate::config_duration::millis"
+    )]
     pub pause: Duration,
     /// The same task (action, object, destination) within this window is a repeat.
+    #[serde(
+        rename = "dedupe_window_secs",
+        deserialize_with = "crate::config_duration::secs"
+    )]
     pub dedupe_window: Duration,
     /// A phrase this long is closed even without punctuation.
     pub max_phrase_chars: usize,
@@ -57,41 +66,80 @@ pub enum MonologueMsg {
     Crash,
 }
 
+impl SnapshotRequest for MonologueMsg {
+    fn snapshot(reply: RpcReplyPort<serde_json::Value>) -> Self {
+        MonologueMsg::Snapshot(reply)
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl crate::handle::FaultInjection for MonologueMsg {
+    fn crash() -> Self {
+        MonologueMsg::Crash
+    }
+}
+
+/// The watcher's handle; `stats`, `snapshot` and `crash` come from [`ActorHandle`].
 #[derive(Clone, Debug)]
 pub struct MonologueHandle {
+    actor: ActorHandle<MonologueMsg>,
+}
+
+deref_to_actor_handle!(MonologueHandle, MonologueMsg);
+
+impl MonologueHandle {
+    pub fn text_piece(&self, piece: TextPiece) {
+        self.actor.cast(MonologueMsg::TextPiece(piece));
+    }
+}
+
+/// The watcher: read-only wiring; all mutable state is in [`MonologueState`].
+#[derive(Clone)]
+pub struct Monologue {
+    config: MonologueConfig,
+    /// Where intents go.
+    reasoner: ReasonerHandle,
+    /// Told when an intent is spotted.
+    affect: AffectHandle,
+    /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<MonologueMsg>,
 }
 
-impl MonologueHandle {
-    pub(crate) fn new(slot: Slot<MonologueMsg>) -> Self {
-        MonologueHandle { slot }
+impl Monologue {
+    /// A watcher that sends intents to `reasoner` and tells `affect` about them.
+    pub fn new(config: MonologueConfig, reasoner: ReasonerHandle, affect: AffectHandle) -> Self {
+        Monologue {
+            config,
+            reasoner,
+            affect,
+            slot: Slot::new("monologue"),
+        }
     }
 
-    pub fn text_piece(&self, piece: TextPiece) {
-        self.slot.cast(MonologueMsg::TextPiece(piece));
+    /// The handle that reaches every incarnation of this actor.
+    pub fn handle(&self) -> MonologueHandle {
+        MonologueHandle {
+            actor: ActorHandle::new(self.slot.clone()),
+        }
     }
 
-    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        self.slot.call(MonologueMsg::Snapshot, CALL_TIMEOUT).await
-    }
-
-    pub fn stats(&self) -> &Arc<ActorStats> {
-        self.slot.stats()
-    }
-
-    #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
-        self.slot.cast(MonologueMsg::Crash);
+    /// Build the watcher and start it (under `supervisor`, if given).
+    pub async fn spawn(
+        config: MonologueConfig,
+        reasoner: ReasonerHandle,
+        affect: AffectHandle,
+        supervisor: Option<ActorCell>,
+    ) -> Result<MonologueHandle, SpawnError> {
+        let monologue = Monologue::new(config, reasoner, affect);
+        monologue.start(supervisor).await?;
+        Ok(monologue.handle())
     }
 }
 
-#[derive(Clone)]
-pub struct Monologue {
-    pub(crate) config: MonologueConfig,
-    pub(crate) reasoner: ReasonerHandle,
-    pub(crate) affect: AffectHandle,
-    /// Where this actor registers each incarnation (and counts its messages).
-    pub(crate) slot: Slot<MonologueMsg>,
+impl Spawn for Monologue {
+    fn slot(&self) -> &Slot<MonologueMsg> {
+        &self.slot
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,8 +173,8 @@ pub struct MonologueState {
     phrase: String,
     last_tick: u64,
     generation: u64,
-    pieces: VecDeque<TextPiece>,
-    phrases: VecDeque<PhraseRecord>,
+    pieces: Ring<TextPiece>,
+    phrases: Ring<PhraseRecord>,
     /// Recently fired tasks, to ignore repeats.
     fired: VecDeque<(TaskKey, Instant)>,
     pieces_seen: u64,
@@ -148,7 +196,7 @@ impl Monologue {
         state.last_tick = piece.tick;
         state.phrase.push_str(&piece.text);
         let ends_sentence = piece.text.trim_end().ends_with(['.', '!', '?', ';', ':']);
-        push_bounded(&mut state.pieces, piece);
+        state.pieces.push(piece);
         if ends_sentence {
             self.close_phrase(state, "punctuation");
         } else if state.phrase.chars().count() >= self.config.max_phrase_chars {
@@ -233,7 +281,7 @@ impl Monologue {
             }
             Decision::NoTask { .. } => {}
         }
-        push_bounded(&mut state.phrases, record);
+        state.phrases.push(record);
     }
 
     fn snapshot(&self, state: &MonologueState) -> serde_json::Value {
@@ -249,13 +297,6 @@ impl Monologue {
             "text": state.pieces.iter().map(|p| &*p.text).collect::<String>(),
         })
     }
-}
-
-fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
-    if queue.len() == RECENT {
-        queue.pop_front();
-    }
-    queue.push_back(item);
 }
 
 impl Actor for Monologue {
@@ -280,8 +321,8 @@ impl Actor for Monologue {
             phrase: String::new(),
             last_tick: 0,
             generation: 0,
-            pieces: VecDeque::with_capacity(RECENT),
-            phrases: VecDeque::with_capacity(RECENT),
+            pieces: Ring::new(RECENT),
+            phrases: Ring::new(RECENT),
             fired: VecDeque::new(),
             pieces_seen: 0,
             phrases_closed: 0,
@@ -314,3 +355,6 @@ impl Actor for Monologue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

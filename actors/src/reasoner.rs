@@ -6,19 +6,27 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::CALL_TIMEOUT;
-use crate::ports::{Action, Intent, NewTask, PlanContext, PlanStep, Planner, TaskSource, now_ms};
-use crate::slot::{ActorStats, CallError, Slot};
-use crate::tasks::TasksHandle;
+use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
+use crate::ports::{
+    Action, Intent, InvalidTask, NewTask, PlanContext, PlanStep, Planner, PlannerError, Task,
+    TaskSource, now_ms,
+};
+use crate::ring::Ring;
+use crate::slot::{CallError, Slot};
+use crate::tasks::{TaskError, TasksHandle};
 
-/// Slow-loop settings (from `[reasoner]` in the config file).
-#[derive(Debug, Clone)]
+/// Slow-loop settings: the reasoner's own keys of `[reasoner]` in the config file (the
+/// service adds the planner's).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReasonerConfig {
     /// Deliberations running at once.
     pub max_in_flight: usize,
@@ -37,12 +45,48 @@ impl Default for ReasonerConfig {
 
 const RECENT: usize = 32;
 
+/// After the ledger did not answer a plan's filing in time, ask it this many times (each
+/// within the ledger's write timeout) whether the plan was filed before giving up.
+const CONFIRM_ATTEMPTS: u32 = 6;
+/// Pause between two such questions.
+const CONFIRM_PAUSE: Duration = Duration::from_millis(500);
+
 /// How a deliberation ended.
 #[derive(Debug, Clone)]
 pub struct Deliberated {
     pub planner: &'static str,
     pub fallback: Option<String>,
+    /// The plan's id in the ledger ([`PlanStep::plan`]), shared by its tasks.
+    pub plan: String,
     pub task_ids: Vec<String>,
+}
+
+/// Why a deliberation filed nothing (or cannot tell whether it did).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliberationError {
+    #[error(transparent)]
+    Planner(#[from] PlannerError),
+    #[error("the {0} planner made no tool call")]
+    NoCall(&'static str),
+    #[error("tool call {step} rejected: {error}")]
+    Rejected { step: usize, error: InvalidTask },
+    /// The ledger refused the plan, or said after a late answer that it was not filed.
+    #[error("could not file the plan: {0}")]
+    NotFiled(TaskError),
+    /// The ledger never answered whether plan `plan` was filed: it may have been. Its
+    /// tasks, if any, carry this plan id.
+    #[error("the ledger did not say whether plan {plan} was filed: {cause}")]
+    Unconfirmed { plan: String, cause: TaskError },
+}
+
+impl DeliberationError {
+    /// The outcome a record of it shows: `unknown` when the ledger may hold the plan.
+    fn outcome(&self) -> &'static str {
+        match self {
+            DeliberationError::Unconfirmed { .. } => "unknown",
+            _ => "failed",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -55,7 +99,7 @@ pub enum ReasonerMsg {
     /// A deliberation finished (from its own task).
     Finished {
         id: u64,
-        result: Result<Deliberated, String>,
+        result: Result<Deliberated, DeliberationError>,
         took: Duration,
     },
     /// Cancel one deliberation (running or queued), or all of them; replies how many.
@@ -68,49 +112,87 @@ pub enum ReasonerMsg {
     Crash,
 }
 
-#[derive(Clone, Debug)]
-pub struct ReasonerHandle {
-    slot: Slot<ReasonerMsg>,
+impl SnapshotRequest for ReasonerMsg {
+    fn snapshot(reply: RpcReplyPort<serde_json::Value>) -> Self {
+        ReasonerMsg::Snapshot(reply)
+    }
 }
 
-impl ReasonerHandle {
-    pub(crate) fn new(slot: Slot<ReasonerMsg>) -> Self {
-        ReasonerHandle { slot }
+#[cfg(feature = "fault-injection")]
+impl crate::handle::FaultInjection for ReasonerMsg {
+    fn crash() -> Self {
+        ReasonerMsg::Crash
     }
+}
 
+/// The slow loop's handle; `stats`, `snapshot` and `crash` come from [`ActorHandle`].
+#[derive(Clone, Debug)]
+pub struct ReasonerHandle {
+    actor: ActorHandle<ReasonerMsg>,
+}
+
+deref_to_actor_handle!(ReasonerHandle, ReasonerMsg);
+
+impl ReasonerHandle {
     /// Think about `intent` in the background.
     pub fn intent(&self, intent: Intent, recent: Vec<String>) {
-        self.slot.cast(ReasonerMsg::Intent { intent, recent });
+        self.actor.cast(ReasonerMsg::Intent { intent, recent });
     }
 
     /// Cancel deliberation `id`, or every one with `None`; returns how many were cancelled.
     pub async fn cancel(&self, id: Option<u64>) -> Result<usize, CallError> {
-        self.slot
+        self.actor
             .call(|reply| ReasonerMsg::Cancel { id, reply }, CALL_TIMEOUT)
             .await
     }
+}
 
-    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        self.slot.call(ReasonerMsg::Snapshot, CALL_TIMEOUT).await
+/// The slow loop: read-only wiring; all mutable state is in [`ReasonerState`].
+#[derive(Clone)]
+pub struct Reasoner {
+    config: ReasonerConfig,
+    planner: Arc<dyn Planner>,
+    /// Where plans are filed.
+    tasks: TasksHandle,
+    /// Where this actor registers each incarnation (and counts its messages).
+    slot: Slot<ReasonerMsg>,
+}
+
+impl Reasoner {
+    /// A slow loop that asks `planner` and files plans with `tasks`.
+    pub fn new(config: ReasonerConfig, planner: Arc<dyn Planner>, tasks: TasksHandle) -> Self {
+        Reasoner {
+            config,
+            planner,
+            tasks,
+            slot: Slot::new("reasoner"),
+        }
     }
 
-    pub fn stats(&self) -> &Arc<ActorStats> {
-        self.slot.stats()
+    /// The handle that reaches every incarnation of this actor.
+    pub fn handle(&self) -> ReasonerHandle {
+        ReasonerHandle {
+            actor: ActorHandle::new(self.slot.clone()),
+        }
     }
 
-    #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
-        self.slot.cast(ReasonerMsg::Crash);
+    /// Build the slow loop and start it (under `supervisor`, if given).
+    pub async fn spawn(
+        config: ReasonerConfig,
+        planner: Arc<dyn Planner>,
+        tasks: TasksHandle,
+        supervisor: Option<ActorCell>,
+    ) -> Result<ReasonerHandle, SpawnError> {
+        let reasoner = Reasoner::new(config, planner, tasks);
+        Spawn::start(&reasoner, supervisor).await?;
+        Ok(reasoner.handle())
     }
 }
 
-#[derive(Clone)]
-pub struct Reasoner {
-    pub(crate) config: ReasonerConfig,
-    pub(crate) planner: Arc<dyn Planner>,
-    pub(crate) tasks: TasksHandle,
-    /// Where this actor registers each incarnation (and counts its messages).
-    pub(crate) slot: Slot<ReasonerMsg>,
+impl Spawn for Reasoner {
+    fn slot(&self) -> &Slot<ReasonerMsg> {
+        &self.slot
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +221,8 @@ struct Record {
     outcome: &'static str,
     planner: Option<&'static str>,
     fallback: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
     tasks: Vec<String>,
     error: Option<String>,
     took_ms: u64,
@@ -148,6 +232,9 @@ struct Running {
     intent: IntentBrief,
     started: Instant,
     abort: AbortHandle,
+    /// Set once the plan went to the ledger: past that point a cancel would leave the
+    /// ledger and this actor disagreeing, so the deliberation runs to its end.
+    filing: Arc<AtomicBool>,
 }
 
 pub struct ReasonerState {
@@ -156,9 +243,11 @@ pub struct ReasonerState {
     running: HashMap<u64, Running>,
     queue: VecDeque<(u64, PlanContext)>,
     next_id: u64,
-    recent: VecDeque<Record>,
+    recent: Ring<Record>,
     planned: u64,
     failed: u64,
+    /// Deliberations whose filing the ledger never confirmed nor denied.
+    unknown: u64,
     cancelled: u64,
     dropped: u64,
     fallbacks: u64,
@@ -177,9 +266,11 @@ impl Reasoner {
         let planner = Arc::clone(&self.planner);
         let tasks = self.tasks.clone();
         let me = myself.clone();
+        let filing = Arc::new(AtomicBool::new(false));
+        let filing_flag = Arc::clone(&filing);
         let abort = state.work.spawn(async move {
             let started = Instant::now();
-            let result = deliberate(planner.as_ref(), &tasks, id, ctx).await;
+            let result = deliberate(planner.as_ref(), &tasks, id, ctx, &filing_flag).await;
             let _ = me.cast(ReasonerMsg::Finished {
                 id,
                 result,
@@ -192,6 +283,7 @@ impl Reasoner {
                 intent: brief,
                 started: Instant::now(),
                 abort,
+                filing,
             },
         );
     }
@@ -206,10 +298,7 @@ impl Reasoner {
     }
 
     fn record(state: &mut ReasonerState, record: Record) {
-        if state.recent.len() == RECENT {
-            state.recent.pop_front();
-        }
-        state.recent.push_back(record);
+        state.recent.push(record);
     }
 
     fn snapshot(&self, state: &ReasonerState) -> serde_json::Value {
@@ -232,6 +321,7 @@ impl Reasoner {
             "queue_capacity": self.config.queue_capacity,
             "planned": state.planned,
             "failed": state.failed,
+            "unknown": state.unknown,
             "cancelled": state.cancelled,
             "dropped": state.dropped,
             "fallbacks": state.fallbacks,
@@ -242,46 +332,79 @@ impl Reasoner {
     }
 }
 
-/// One deliberation: plan, then file each tool call as a task, in order.
+/// One deliberation: plan, then file every tool call as one plan, all or nothing. The plan
+/// id goes with each task, so the ledger can say later whether it holds the plan.
 async fn deliberate(
     planner: &dyn Planner,
     tasks: &TasksHandle,
     id: u64,
     ctx: PlanContext,
-) -> Result<Deliberated, String> {
-    let outcome = planner.plan(ctx).await.map_err(|e| e.to_string())?;
+    filing: &AtomicBool,
+) -> Result<Deliberated, DeliberationError> {
+    let outcome = planner.plan(ctx).await?;
     if outcome.calls.is_empty() {
-        return Err(format!("the {} planner made no tool call", outcome.planner));
+        return Err(DeliberationError::NoCall(outcome.planner));
     }
     let steps = outcome.calls.len() as u32;
     let plan_id = format!("plan-{}-{id}", now_ms());
     let mut new = Vec::with_capacity(outcome.calls.len());
     for (i, call) in outcome.calls.into_iter().enumerate() {
         call.validate()
-            .map_err(|e| format!("tool call {} rejected: {e}", i + 1))?;
-        let plan = (steps > 1).then(|| PlanStep {
-            plan: plan_id.clone(),
-            step: i as u32 + 1,
-            of: steps,
-        });
+            .map_err(|error| DeliberationError::Rejected { step: i + 1, error })?;
         new.push(NewTask {
             arguments: call,
             source: TaskSource::Monologue,
-            plan,
+            plan: Some(PlanStep {
+                plan: plan_id.clone(),
+                step: i as u32 + 1,
+                of: steps,
+            }),
         });
     }
-    // The whole plan or none of it (say, past the bound on unfinished tasks).
-    let task_ids = tasks
-        .create_many(new)
-        .await
-        .map_err(|e| format!("could not file the plan: {e}"))?
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    filing.store(true, Ordering::SeqCst);
+    let filed = match tasks.create_many(new).await {
+        Ok(filed) => filed,
+        // No answer in time, or the ledger restarted: it may have filed the plan or not.
+        // Ask it; it answers in order, so after it is done with the plan.
+        Err(TaskError::Call(late)) => {
+            tracing::warn!(plan = %plan_id, cause = %late, "the ledger did not answer in time; asking whether the plan was filed");
+            confirm(tasks, &plan_id, TaskError::Call(late)).await?
+        }
+        // The ledger refused the plan (past the bound on unfinished tasks, say): nothing filed.
+        Err(refused) => return Err(DeliberationError::NotFiled(refused)),
+    };
     Ok(Deliberated {
         planner: outcome.planner,
         fallback: outcome.fallback,
-        task_ids,
+        plan: plan_id,
+        task_ids: filed.into_iter().map(|t| t.id).collect(),
+    })
+}
+
+/// Whether the ledger holds plan `plan`: its tasks if so, `NotFiled(late)` if not, and
+/// `Unconfirmed` if the ledger does not say within [`CONFIRM_ATTEMPTS`] questions.
+async fn confirm(
+    tasks: &TasksHandle,
+    plan: &str,
+    late: TaskError,
+) -> Result<Vec<Task>, DeliberationError> {
+    let mut cause = late.clone();
+    for attempt in 0..CONFIRM_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(CONFIRM_PAUSE).await;
+        }
+        match tasks.plan(plan).await {
+            Ok(filed) if filed.is_empty() => return Err(DeliberationError::NotFiled(late)),
+            Ok(filed) => {
+                tracing::info!(%plan, steps = filed.len(), "the ledger filed the plan after all");
+                return Ok(filed);
+            }
+            Err(e) => cause = e,
+        }
+    }
+    Err(DeliberationError::Unconfirmed {
+        plan: plan.to_string(),
+        cause,
     })
 }
 
@@ -302,9 +425,10 @@ impl Actor for Reasoner {
             running: HashMap::new(),
             queue: VecDeque::new(),
             next_id: 1,
-            recent: VecDeque::with_capacity(RECENT),
+            recent: Ring::new(RECENT),
             planned: 0,
             failed: 0,
+            unknown: 0,
             cancelled: 0,
             dropped: 0,
             fallbacks: 0,
@@ -343,6 +467,7 @@ impl Actor for Reasoner {
                                 outcome: "dropped",
                                 planner: None,
                                 fallback: None,
+                                plan: None,
                                 tasks: vec![],
                                 error: Some("queue full".into()),
                                 took_ms: 0,
@@ -370,20 +495,33 @@ impl Actor for Reasoner {
                                 outcome: "planned",
                                 planner: Some(done.planner),
                                 fallback: done.fallback,
+                                plan: Some(done.plan),
                                 tasks: done.task_ids,
                                 error: None,
                                 took_ms,
                             }
                         }
                         Err(error) => {
-                            state.failed += 1;
-                            tracing::warn!(id, error = %crate::text::printable(&error), "deliberation failed");
+                            let outcome = error.outcome();
+                            let plan = match &error {
+                                DeliberationError::Unconfirmed { plan, .. } => {
+                                    state.unknown += 1;
+                                    Some(plan.clone())
+                                }
+                                _ => {
+                                    state.failed += 1;
+                                    None
+                                }
+                            };
+                            let error = error.to_string();
+                            tracing::warn!(id, outcome, error = %crate::text::printable(&error), "deliberation failed");
                             Record {
                                 id,
                                 intent: run.intent,
-                                outcome: "failed",
+                                outcome,
                                 planner: None,
                                 fallback: None,
+                                plan,
                                 tasks: vec![],
                                 error: Some(error),
                                 took_ms,
@@ -406,6 +544,16 @@ impl Actor for Reasoner {
                         .collect(),
                 };
                 for id in ids {
+                    // A plan already handed to the ledger is past cancelling here: its outcome
+                    // is the ledger's (cancel its tasks instead).
+                    if state
+                        .running
+                        .get(&id)
+                        .is_some_and(|run| run.filing.load(Ordering::SeqCst))
+                    {
+                        tracing::info!(id, "deliberation is filing its plan; not cancelled");
+                        continue;
+                    }
                     if let Some(run) = state.running.remove(&id) {
                         run.abort.abort();
                         Self::record(
@@ -416,6 +564,7 @@ impl Actor for Reasoner {
                                 outcome: "cancelled",
                                 planner: None,
                                 fallback: None,
+                                plan: None,
                                 tasks: vec![],
                                 error: None,
                                 took_ms: run.started.elapsed().as_millis() as u64,
@@ -441,3 +590,6 @@ impl Actor for Reasoner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,7 +34,8 @@ impl RulePlanner {
                 task.confidence, self.min_confidence
             )));
         }
-        task.validate().map_err(PlannerError::Unplannable)?;
+        task.validate()
+            .map_err(|e| PlannerError::Unplannable(e.to_string()))?;
         Ok(PlanOutcome {
             calls: vec![task.clone()],
             planner: "rules",

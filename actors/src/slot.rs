@@ -287,3 +287,9 @@ impl<M: Message> Slot<M> {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests;

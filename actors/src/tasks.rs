@@ -14,17 +14,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::CALL_TIMEOUT;
-use crate::affect::{AffectEvent, AffectHandle};
+use crate::affect::AffectHandle;
+use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
 use crate::ports::{
     BodyCommand, BodyReport, BodyState, NewTask, PageOrder, PageQuery, PhysicalTask, PlanStep,
     Progress, StoreError, Task, TaskSource, TaskState, TaskStore, id_number, now_ms,
 };
-use crate::slot::{ActorStats, CallError, Slot};
+use crate::signals::AffectEvent;
+use crate::slot::{CallError, Slot};
 use crate::text::printable;
 
 /// A write waits for the disk; give it more room than an in-memory answer.
@@ -58,10 +60,13 @@ pub enum TaskError {
     Call(#[from] CallError),
 }
 
-/// Ledger settings (from `[body]` and `[tasks]` in the config file).
-#[derive(Debug, Clone)]
+/// Ledger settings: `[tasks]` in the config file, but for `redeliver_after`, which the
+/// file keeps with the body's link (`[body] redeliver_after_secs`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TasksConfig {
     /// A task sent to the body and not acknowledged within this is sent again.
+    #[serde(skip)]
     pub redeliver_after: Duration,
     /// At most this many unfinished tasks; filing more is refused.
     pub max_unfinished: usize,
@@ -122,6 +127,12 @@ pub enum TasksMsg {
         new: Vec<NewTask>,
         reply: RpcReplyPort<Result<Vec<Task>, TaskError>>,
     },
+    /// The tasks of plan `plan`, in step order (none: it was never filed). Answered after
+    /// every message sent before it, so after a `CreateMany` whose answer was not awaited.
+    Plan {
+        plan: String,
+        reply: RpcReplyPort<Result<Vec<Task>, TaskError>>,
+    },
     List {
         reply: RpcReplyPort<Result<Vec<Task>, TaskError>>,
     },
@@ -174,23 +185,35 @@ pub struct TaskSummary {
     pub body_attached: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct TasksHandle {
-    slot: Slot<TasksMsg>,
+impl SnapshotRequest for TasksMsg {
+    fn snapshot(reply: RpcReplyPort<serde_json::Value>) -> Self {
+        TasksMsg::Snapshot(reply)
+    }
 }
 
-impl TasksHandle {
-    pub(crate) fn new(slot: Slot<TasksMsg>) -> Self {
-        TasksHandle { slot }
+#[cfg(feature = "fault-injection")]
+impl crate::handle::FaultInjection for TasksMsg {
+    fn crash() -> Self {
+        TasksMsg::Crash
     }
+}
 
+/// The ledger's handle; `stats`, `snapshot` and `crash` come from [`ActorHandle`].
+#[derive(Clone, Debug)]
+pub struct TasksHandle {
+    actor: ActorHandle<TasksMsg>,
+}
+
+deref_to_actor_handle!(TasksHandle, TasksMsg);
+
+impl TasksHandle {
     pub async fn create(
         &self,
         args: PhysicalTask,
         source: TaskSource,
         plan: Option<PlanStep>,
     ) -> Result<Task, TaskError> {
-        self.slot
+        self.actor
             .call(
                 |reply| TasksMsg::Create {
                     args,
@@ -205,7 +228,7 @@ impl TasksHandle {
 
     pub async fn get(&self, id: &str) -> Result<Task, TaskError> {
         let id = id.to_string();
-        self.slot
+        self.actor
             .call(|reply| TasksMsg::Get { id, reply }, CALL_TIMEOUT)
             .await?
     }
@@ -213,40 +236,51 @@ impl TasksHandle {
     /// File the steps of a plan in one go: every one, or (refused, invalid, or past the
     /// bound on unfinished tasks) none.
     pub async fn create_many(&self, new: Vec<NewTask>) -> Result<Vec<Task>, TaskError> {
-        self.slot
+        self.actor
             .call(|reply| TasksMsg::CreateMany { new, reply }, WRITE_TIMEOUT)
+            .await?
+    }
+
+    /// The tasks the ledger holds for plan `plan` (its [`PlanStep::plan`]), in step order;
+    /// empty if it was never filed. The actor answers messages in order, so this answer
+    /// comes after that of any `create_many` sent before it, even one whose caller stopped
+    /// waiting: it says for sure whether that plan was filed.
+    pub async fn plan(&self, plan: &str) -> Result<Vec<Task>, TaskError> {
+        let plan = plan.to_string();
+        self.actor
+            .call(|reply| TasksMsg::Plan { plan, reply }, WRITE_TIMEOUT)
             .await?
     }
 
     /// Every task, oldest first (tests and small ledgers; the API pages).
     pub async fn list(&self) -> Result<Vec<Task>, TaskError> {
-        self.slot
+        self.actor
             .call(|reply| TasksMsg::List { reply }, WRITE_TIMEOUT)
             .await?
     }
 
     pub async fn page(&self, query: PageQuery) -> Result<TaskPage, TaskError> {
-        self.slot
+        self.actor
             .call(|reply| TasksMsg::Page { query, reply }, WRITE_TIMEOUT)
             .await?
     }
 
     pub async fn cancel_all(&self, filter: CancelFilter) -> Result<Vec<String>, TaskError> {
-        self.slot
+        self.actor
             .call(|reply| TasksMsg::CancelAll { filter, reply }, WRITE_TIMEOUT)
             .await?
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Task, TaskError> {
         let id = id.to_string();
-        self.slot
+        self.actor
             .call(|reply| TasksMsg::Cancel { id, reply }, WRITE_TIMEOUT)
             .await?
     }
 
     /// Attach a body; every unfinished task is sent to `outbox` right away.
     pub async fn attach_body(&self, outbox: mpsc::Sender<BodyCommand>) -> Result<u64, TaskError> {
-        self.slot
+        self.actor
             .call(
                 |reply| TasksMsg::AttachBody { outbox, reply },
                 WRITE_TIMEOUT,
@@ -255,11 +289,11 @@ impl TasksHandle {
     }
 
     pub fn detach_body(&self, session: u64) {
-        self.slot.cast(TasksMsg::DetachBody { session });
+        self.actor.cast(TasksMsg::DetachBody { session });
     }
 
     pub async fn body_report(&self, session: u64, report: BodyReport) -> Result<Task, TaskError> {
-        self.slot
+        self.actor
             .call(
                 |reply| TasksMsg::BodyReport {
                     session,
@@ -272,30 +306,57 @@ impl TasksHandle {
     }
 
     pub async fn summary(&self) -> Result<TaskSummary, CallError> {
-        self.slot.call(TasksMsg::Summary, CALL_TIMEOUT).await
-    }
-
-    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        self.slot.call(TasksMsg::Snapshot, CALL_TIMEOUT).await
-    }
-
-    pub fn stats(&self) -> &Arc<ActorStats> {
-        self.slot.stats()
-    }
-
-    #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
-        self.slot.cast(TasksMsg::Crash);
+        self.actor.call(TasksMsg::Summary, CALL_TIMEOUT).await
     }
 }
 
+/// The ledger actor: read-only wiring; all mutable state is in [`TasksState`].
 #[derive(Clone)]
 pub struct Tasks {
-    pub(crate) config: TasksConfig,
-    pub(crate) store: Arc<dyn TaskStore>,
-    pub(crate) affect: AffectHandle,
+    config: TasksConfig,
+    store: Arc<dyn TaskStore>,
+    /// Told about task outcomes.
+    affect: AffectHandle,
     /// Where this actor registers each incarnation (and counts its messages).
-    pub(crate) slot: Slot<TasksMsg>,
+    slot: Slot<TasksMsg>,
+}
+
+impl Tasks {
+    /// A ledger kept in `store` that tells `affect` about task outcomes.
+    pub fn new(config: TasksConfig, store: Arc<dyn TaskStore>, affect: AffectHandle) -> Self {
+        Tasks {
+            config,
+            store,
+            affect,
+            slot: Slot::new("tasks"),
+        }
+    }
+
+    /// The handle that reaches every incarnation of this actor.
+    pub fn handle(&self) -> TasksHandle {
+        TasksHandle {
+            actor: ActorHandle::new(self.slot.clone()),
+        }
+    }
+
+    /// Build the ledger and start it (under `supervisor`, if given). It reads the store
+    /// before it returns.
+    pub async fn spawn(
+        config: TasksConfig,
+        store: Arc<dyn TaskStore>,
+        affect: AffectHandle,
+        supervisor: Option<ActorCell>,
+    ) -> Result<TasksHandle, SpawnError> {
+        let tasks = Tasks::new(config, store, affect);
+        tasks.start(supervisor).await?;
+        Ok(tasks.handle())
+    }
+}
+
+impl Spawn for Tasks {
+    fn slot(&self) -> &Slot<TasksMsg> {
+        &self.slot
+    }
 }
 
 struct Body {
@@ -376,7 +437,7 @@ impl Tasks {
                 TaskError::Invalid(if new.len() > 1 {
                     format!("step {}: {e}", i + 1)
                 } else {
-                    e
+                    e.to_string()
                 })
             })?;
         }
@@ -542,7 +603,7 @@ impl Tasks {
                 TaskState::Cancelled,
                 Some("cancelled on request (cancel all)".into()),
             )
-            .map_err(TaskError::Lifecycle)?;
+            .map_err(|e| TaskError::Lifecycle(e.to_string()))?;
             changed.push((before, task));
         }
         if changed.is_empty() {
@@ -674,7 +735,7 @@ impl Tasks {
     ) -> Result<Task, TaskError> {
         let before = task.state;
         task.transition(next, detail)
-            .map_err(TaskError::Lifecycle)?;
+            .map_err(|e| TaskError::Lifecycle(e.to_string()))?;
         self.write(state, &task, Some(before)).await?;
         match next {
             TaskState::Running => self.affect.event(AffectEvent::TaskStarted),
@@ -927,6 +988,9 @@ impl Actor for Tasks {
             TasksMsg::CreateMany { new, reply } => {
                 let _ = reply.send(self.create_many(state, new).await);
             }
+            TasksMsg::Plan { plan, reply } => {
+                let _ = reply.send(blocking(&self.store, move |s| s.plan(&plan)).await);
+            }
             TasksMsg::List { reply } => {
                 let _ = reply.send(blocking(&self.store, |s| s.list()).await);
             }
@@ -974,3 +1038,6 @@ impl Actor for Tasks {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

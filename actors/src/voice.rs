@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -29,44 +29,23 @@ use crate::affect::AffectHandle;
 use crate::audio::{AgentFrame, AudioInbox, EnergyVad, rms};
 use crate::clock::TickClock;
 use crate::face::FaceHandle;
+use crate::handle::{ActorHandle, Spawn, SpawnError, deref_to_actor_handle};
 use crate::histogram::{LatencyHistogram, Percentiles};
 use crate::monologue::MonologueHandle;
+use crate::ports::VoiceModel;
 use crate::realtime::{
     LoopAllocations, LoopThread, Priority, host_steal, loop_allocations, mark_current_thread,
     promote_current_thread, promote_model_thread,
 };
-use crate::slot::{ActorStats, CallError, Slot};
+use crate::signals::{FrameStats, TextPiece};
+use crate::slot::{CallError, Slot};
 use crate::worker::{ModelWorker, StepDone, StepRequest};
 use crate::{FRAME_PERIOD, FRAME_SAMPLES};
 
-/// A piece of the inner monologue, as the model emitted it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TextPiece {
-    /// The tick whose step produced it.
-    pub tick: u64,
-    pub text: Arc<str>,
-}
-
-/// What one step sounded like, for the face and the affect state machine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FrameStats {
-    pub tick: u64,
-    /// RMS of the agent's frame (0..1).
-    pub agent_rms: f32,
-    /// RMS of the user's frame (0..1).
-    pub user_rms: f32,
-    pub agent_speaking: bool,
-    pub user_active: bool,
-    /// The user started talking while the agent was talking.
-    pub barge_in: bool,
-    /// The monologue piece of this step, if any (the face shapes visemes from it).
-    pub piece: Option<Arc<str>>,
-    /// When the voice loop sent these stats (to measure how fast they reach a phone).
-    pub emitted_at: Instant,
-}
-
-/// Voice loop settings (from `[voice]` in the config file).
-#[derive(Debug, Clone)]
+/// Voice loop settings: the loop's own keys of `[voice]` in the config file (the service
+/// adds the backend's).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct VoiceConfig {
     /// User audio louder than this counts as voice activity.
     pub user_vad_dbfs: f32,
@@ -76,6 +55,8 @@ pub struct VoiceConfig {
     pub vad_hangover_frames: u32,
     /// Most user frames that may wait for a busy model.
     pub backlog_frames: usize,
+    /// User audio buffered ahead of the loop, in frames; beyond it the oldest is dropped.
+    pub inbox_frames: usize,
     /// Ask the OS for real-time scheduling of the loop's threads (see [`crate::realtime`]).
     pub realtime_priority: bool,
 }
@@ -87,6 +68,7 @@ impl Default for VoiceConfig {
             agent_speaking_dbfs: -45.0,
             vad_hangover_frames: 3,
             backlog_frames: 3,
+            inbox_frames: 25,
             realtime_priority: true,
         }
     }
@@ -447,39 +429,31 @@ pub enum HearError {
     NotRunning,
 }
 
-/// The handle callers use to reach the voice loop.
+#[cfg(feature = "fault-injection")]
+impl crate::handle::FaultInjection for VoiceMsg {
+    fn crash() -> Self {
+        VoiceMsg::Crash
+    }
+}
+
+/// The handle callers use to reach the voice loop; `stats` and `crash` come from
+/// [`ActorHandle`]. Its `snapshot` reads what the loop publishes instead of asking it.
 #[derive(Clone, Debug)]
 pub struct VoiceHandle {
-    slot: Slot<VoiceMsg>,
+    actor: ActorHandle<VoiceMsg>,
     backend: &'static str,
     accepts_text: bool,
     metrics: Arc<VoiceMetrics>,
 }
 
+deref_to_actor_handle!(VoiceHandle, VoiceMsg);
+
 impl VoiceHandle {
     /// Longest typed utterance accepted.
     pub const MAX_TEXT: usize = 500;
 
-    pub(crate) fn new(
-        slot: Slot<VoiceMsg>,
-        backend: &'static str,
-        accepts_text: bool,
-        metrics: Arc<VoiceMetrics>,
-    ) -> Self {
-        VoiceHandle {
-            slot,
-            backend,
-            accepts_text,
-            metrics,
-        }
-    }
-
     pub fn backend(&self) -> &'static str {
         self.backend
-    }
-
-    pub fn stats(&self) -> &Arc<ActorStats> {
-        self.slot.stats()
     }
 
     pub fn metrics(&self) -> &Arc<VoiceMetrics> {
@@ -502,7 +476,7 @@ impl VoiceHandle {
         if text.chars().count() > Self::MAX_TEXT {
             return Err(HearError::TooLong(Self::MAX_TEXT));
         }
-        if self.slot.cast(VoiceMsg::Hear {
+        if self.actor.cast(VoiceMsg::Hear {
             text: text.to_string(),
         }) {
             Ok(())
@@ -523,36 +497,122 @@ impl VoiceHandle {
     pub(crate) fn step_done(&self, done: StepDone) {
         let mut msg = VoiceMsg::StepDone(Box::new(done));
         for _ in 0..100 {
-            match self.slot.try_cast(msg) {
+            match self.actor.slot().try_cast(msg) {
                 Ok(()) => return,
                 Err(back) => msg = back,
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.slot.stats().count_undelivered();
+        self.actor.stats().count_undelivered();
         tracing::warn!("voice step result lost: no voice actor for 500 ms");
     }
+}
 
-    #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
-        self.slot.cast(VoiceMsg::Crash);
-    }
+/// What the voice loop is wired to: its model, its audio in and out, and the actors it
+/// feeds.
+pub struct VoiceWiring {
+    /// A loaded, warmed-up model; it moves to its own thread.
+    pub model: Box<dyn VoiceModel>,
+    /// The tick schedule (the face stamps its frames with the same one).
+    pub clock: TickClock,
+    /// User audio, taken one frame per tick.
+    pub inbox: Arc<AudioInbox>,
+    /// Agent audio, one frame per step.
+    pub audio_out: broadcast::Sender<AgentFrame>,
+    /// Gets the monologue pieces.
+    pub monologue: MonologueHandle,
+    /// Gets the frame stats (as does `affect`).
+    pub face: FaceHandle,
+    pub affect: AffectHandle,
 }
 
 /// The voice actor: read-only wiring; all mutable state is in [`VoiceState`].
 #[derive(Clone)]
 pub struct Voice {
-    pub(crate) config: VoiceConfig,
-    pub(crate) clock: TickClock,
-    pub(crate) worker: Arc<ModelWorker>,
-    pub(crate) metrics: Arc<VoiceMetrics>,
+    config: VoiceConfig,
+    clock: TickClock,
+    /// The model's thread; it (and the loaded weights) outlives restarts of the actor.
+    worker: Arc<ModelWorker>,
+    /// Outside the actor, so the counters survive its restarts.
+    metrics: Arc<VoiceMetrics>,
     /// Where this actor registers each incarnation (and counts its messages).
-    pub(crate) slot: Slot<VoiceMsg>,
-    pub(crate) inbox: Arc<AudioInbox>,
-    pub(crate) audio_out: broadcast::Sender<AgentFrame>,
-    pub(crate) monologue: MonologueHandle,
-    pub(crate) face: FaceHandle,
-    pub(crate) affect: AffectHandle,
+    slot: Slot<VoiceMsg>,
+    inbox: Arc<AudioInbox>,
+    audio_out: broadcast::Sender<AgentFrame>,
+    monologue: MonologueHandle,
+    face: FaceHandle,
+    affect: AffectHandle,
+}
+
+impl Voice {
+    /// A voice loop on `wiring.model`, whose thread starts here (at real-time priority
+    /// when `config.realtime_priority`); the loop itself starts with [`Spawn::start`].
+    pub fn new(config: VoiceConfig, wiring: VoiceWiring) -> Result<Voice, SpawnError> {
+        let slot = Slot::new("voice");
+        let metrics = Arc::new(VoiceMetrics::default());
+        let deliver = VoiceHandle {
+            actor: ActorHandle::new(slot.clone()),
+            backend: wiring.model.backend(),
+            accepts_text: wiring.model.accepts_text(),
+            metrics: Arc::clone(&metrics),
+        };
+        let setup = metrics.model_thread_setup(config.realtime_priority);
+        let worker = ModelWorker::spawn(wiring.model, setup, move |done| deliver.step_done(done))
+            .map_err(|source| SpawnError::Thread {
+            thread: "voice-model",
+            source,
+        })?;
+        Ok(Voice {
+            config,
+            clock: wiring.clock,
+            worker: Arc::new(worker),
+            metrics,
+            slot,
+            inbox: wiring.inbox,
+            audio_out: wiring.audio_out,
+            monologue: wiring.monologue,
+            face: wiring.face,
+            affect: wiring.affect,
+        })
+    }
+
+    /// The handle that reaches every incarnation of this loop.
+    pub fn handle(&self) -> VoiceHandle {
+        VoiceHandle {
+            actor: ActorHandle::new(self.slot.clone()),
+            backend: self.worker.backend(),
+            accepts_text: self.worker.accepts_text(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
+    /// What stops and joins the model thread once the loop has stopped (the brain's stop).
+    pub fn model_stopper(&self) -> Option<crate::worker::ModelStopper> {
+        self.worker.stopper()
+    }
+
+    /// The loop's counters (the brain's loop thread records its priority there).
+    pub fn metrics(&self) -> &Arc<VoiceMetrics> {
+        &self.metrics
+    }
+
+    /// Build the loop and start it on the caller's runtime (under `supervisor`, if given).
+    /// It ticks on `wiring.clock`'s grid from the first deadline after it starts.
+    pub async fn spawn(
+        config: VoiceConfig,
+        wiring: VoiceWiring,
+        supervisor: Option<ActorCell>,
+    ) -> Result<VoiceHandle, SpawnError> {
+        let voice = Voice::new(config, wiring)?;
+        voice.start(supervisor).await?;
+        Ok(voice.handle())
+    }
+}
+
+impl Spawn for Voice {
+    fn slot(&self) -> &Slot<VoiceMsg> {
+        &self.slot
+    }
 }
 
 /// A frame taken in on its tick, waiting for (or in) the model.
@@ -906,3 +966,6 @@ impl Actor for Voice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

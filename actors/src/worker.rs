@@ -5,8 +5,8 @@
 //! waits behind a neighbour's build is an overrun.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,12 +42,62 @@ pub struct StepDone {
     pub status: Option<Arc<serde_json::Value>>,
 }
 
+/// What the model thread is asked to do.
+enum Job {
+    Step(StepRequest),
+    /// Finish: the thread ends after the step it is on.
+    Stop,
+}
+
+/// The model thread, once started; taken by whoever joins it.
+type Thread = Arc<Mutex<Option<JoinHandle<()>>>>;
+
 /// Owner of the model thread.
 pub struct ModelWorker {
-    tx: Option<SyncSender<StepRequest>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<SyncSender<Job>>,
+    thread: Thread,
     backend: &'static str,
     accepts_text: bool,
+}
+
+/// Stops the model thread and waits for it, from outside the voice actor (the brain, when it
+/// stops: the thread holds the weights and may be inside a step).
+#[derive(Clone)]
+pub struct ModelStopper {
+    tx: SyncSender<Job>,
+    thread: Thread,
+    backend: &'static str,
+}
+
+impl std::fmt::Debug for ModelStopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelStopper")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl ModelStopper {
+    /// Tell the thread to finish after the step it is on, and wait until it has. Blocks (for
+    /// as long as that step takes): call it off the async workers.
+    pub fn stop(&self) {
+        // Waits for room behind a request the thread has not taken yet; fails when the
+        // thread is gone already.
+        let _ = self.tx.send(Job::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!(backend = self.backend, "voice model thread panicked");
+            } else {
+                tracing::debug!(backend = self.backend, "voice model thread joined");
+            }
+        }
+    }
+
+    /// Whether the thread has been joined.
+    pub fn joined(&self) -> bool {
+        self.thread.lock().map(|t| t.is_none()).unwrap_or(false)
+    }
 }
 
 impl std::fmt::Debug for ModelWorker {
@@ -75,7 +125,7 @@ impl ModelWorker {
         let accepts_text = model.accepts_text();
         // Capacity 1: the actor keeps at most one step in flight; the slot is slack for a
         // request sent in the instant before the thread returns to `recv`.
-        let (tx, rx) = mpsc::sync_channel::<StepRequest>(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(1);
         let thread = std::thread::Builder::new()
             .name("voice-model".into())
             .spawn(move || {
@@ -83,7 +133,7 @@ impl ModelWorker {
                 tracing::info!(backend, "voice model thread started");
                 let mut steps: u64 = 0;
                 let mut errors = ErrorLog::default();
-                while let Ok(req) = rx.recv() {
+                while let Ok(Job::Step(req)) = rx.recv() {
                     let done = run_step(model.as_mut(), req, steps % STATUS_EVERY == 0);
                     steps += 1;
                     if let Some(error) = &done.error {
@@ -95,7 +145,7 @@ impl ModelWorker {
             })?;
         Ok(ModelWorker {
             tx: Some(tx),
-            thread: Some(thread),
+            thread: Arc::new(Mutex::new(Some(thread))),
             backend,
             accepts_text,
         })
@@ -109,24 +159,36 @@ impl ModelWorker {
         self.accepts_text
     }
 
-    /// Hand a frame to the model, or give it back if the thread is still busy.
+    /// Hand a frame to the model, or give it back if the thread is still busy (or gone).
     pub fn try_submit(&self, req: StepRequest) -> Result<(), StepRequest> {
-        match &self.tx {
-            Some(tx) => tx.try_send(req).map_err(|e| match e {
-                TrySendError::Full(r) | TrySendError::Disconnected(r) => r,
-            }),
-            None => Err(req),
+        let Some(tx) = &self.tx else {
+            return Err(req);
+        };
+        match tx.try_send(Job::Step(req)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Job::Step(r)) | TrySendError::Disconnected(Job::Step(r))) => {
+                Err(r)
+            }
+            // Only `Step` is sent here.
+            Err(TrySendError::Full(Job::Stop) | TrySendError::Disconnected(Job::Stop)) => Ok(()),
         }
     }
 
-    /// Close the channel and wait for the thread to finish its current step.
+    /// What stops and joins the thread from elsewhere ([`ModelStopper::stop`]).
+    pub fn stopper(&self) -> Option<ModelStopper> {
+        Some(ModelStopper {
+            tx: self.tx.clone()?,
+            thread: Arc::clone(&self.thread),
+            backend: self.backend,
+        })
+    }
+
+    /// Stop the thread and wait for it to finish its current step.
     pub fn shutdown(&mut self) {
-        self.tx.take();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!(backend = self.backend, "voice model thread panicked");
-            }
+        if let Some(stopper) = self.stopper() {
+            stopper.stop();
         }
+        self.tx.take();
     }
 }
 
@@ -215,3 +277,6 @@ fn silence() -> StepOutput {
         text: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

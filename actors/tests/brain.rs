@@ -13,7 +13,9 @@ use creature_actors::ports::{
 };
 use creature_actors::rules::RulePlanner;
 use creature_actors::slot::ActorStatus;
-use creature_actors::{BrainConfig, BrainError, BrainHandle, BrainPorts, FRAME_SAMPLES};
+use creature_actors::{
+    BrainConfig, BrainError, BrainHandle, BrainPorts, FRAME_SAMPLES, SupervisionConfig,
+};
 
 /// Says each heard line back as pieces, one word every third step, with a tone under it.
 #[derive(Default)]
@@ -184,7 +186,10 @@ async fn heard_words_become_a_task_through_the_whole_tree() {
 async fn a_crashing_child_is_restarted_and_the_tick_never_stops() {
     // Six failures in a row: above the default intensity limit of 5 in 10 s.
     let config = BrainConfig {
-        max_restarts: 10,
+        supervision: SupervisionConfig {
+            max_restarts: 10,
+            ..SupervisionConfig::default()
+        },
         ..BrainConfig::default()
     };
     let brain = start_with(Parrot::default(), Arc::new(RulePlanner::default()), config).await;
@@ -233,7 +238,10 @@ async fn a_crashing_child_is_restarted_and_the_tick_never_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_failures_stop_the_brain_with_an_error_naming_the_child() {
     let config = BrainConfig {
-        max_restarts: 3,
+        supervision: SupervisionConfig {
+            max_restarts: 3,
+            ..SupervisionConfig::default()
+        },
         ..BrainConfig::default()
     };
     let brain = start_with(Parrot::default(), Arc::new(RulePlanner::default()), config).await;

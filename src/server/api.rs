@@ -158,7 +158,7 @@ pub(super) async fn create_task(
 ) -> Result<Response, ApiError> {
     let args = req.into_task()?;
     args.validate()
-        .map_err(|e| ApiError::unprocessable("invalid_task", e))?;
+        .map_err(|e| ApiError::unprocessable("invalid_task", e.to_string()))?;
     let task = state
         .brain()
         .tasks

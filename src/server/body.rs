@@ -23,7 +23,10 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::error::ApiError;
-use super::ws::{CloseReason, LinkTiming, SessionEnd, finish, next_within, pinger, send_within};
+use super::ws::{
+    CloseReason, LinkTiming, SessionEnd, finish, kicked_or_stopping, next_within, pinger,
+    send_within,
+};
 
 /// Tool calls waiting to be written to the body's socket.
 const OUTBOX: usize = 256;
@@ -87,10 +90,12 @@ pub(super) async fn body(
     ws.protocols(["creature"])
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
+            let _session = state.session();
             let _detach = detach;
             let (sink, stream) = socket.split();
+            let stopping = kicked_or_stopping(std::future::pending(), state.stopping());
             body_session(
-                sink, stream, commands, &tasks, session, rate, timing, &counters,
+                sink, stream, commands, &tasks, session, rate, timing, &counters, stopping,
             )
             .await;
         })
@@ -200,11 +205,12 @@ fn text(s: String) -> Message {
     Message::Text(s.into())
 }
 
-/// Run one body's session until either side goes away, the body goes idle, or a newer
-/// body replaces it (the tasks actor drops `commands`: the socket is closed with 4001).
+/// Run one body's session until either side goes away, the body goes idle, a newer body
+/// replaces it (the tasks actor drops `commands`: the socket is closed with 4001), or
+/// `kick` ends it with its reason (the brain stopping: 1001).
 /// The writer sends tool calls, replies and pings; the reader applies reports.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn body_session<Si, St, E>(
+pub(super) async fn body_session<Si, St, E, K>(
     mut sink: Si,
     mut stream: St,
     mut commands: mpsc::Receiver<BodyCommand>,
@@ -213,10 +219,12 @@ pub(super) async fn body_session<Si, St, E>(
     rate: u32,
     timing: LinkTiming,
     counters: &BodyCounters,
+    kick: K,
 ) -> SessionEnd
 where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
+    K: std::future::Future<Output = CloseReason>,
 {
     let (replies_tx, mut replies) = mpsc::channel::<String>(REPLIES);
     let end = {
@@ -267,6 +275,7 @@ where
         tokio::select! {
             end = writer => end,
             end = reader => end,
+            reason = kick => SessionEnd::Closed(reason),
         }
     };
     if let SessionEnd::Closed(_) = end {

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use creature_actors::affect::Emotion;
 use creature_actors::histogram::LatencyHistogram;
+use creature_actors::signals::Emotion;
 use creature_actors::slot::ActorStatus;
 
 use super::AppState;

@@ -29,7 +29,8 @@ use error::ApiError;
 
 pub use guard::{TOKEN_FILE, auth_required, load_or_create_token};
 pub use ws::{
-    CloseReason, LinkTiming, SessionEnd, audio_session, f32_to_pcm16, face_session, pcm16_to_f32,
+    CloseReason, LinkTiming, SessionEnd, audio_session, f32_to_pcm16, face_session, goodbye_within,
+    pcm16_to_f32,
 };
 
 const FACE_HTML: &str = include_str!("../../face/face.html");
@@ -56,6 +57,17 @@ struct Shared {
     seats: ws::Seats,
     /// Voice loop emits a frame's stats -> its face frame is written to a phone's socket.
     face_latency: creature_actors::histogram::LatencyHistogram,
+    /// Websocket sessions running now (face, audio, body), until each has said goodbye.
+    sessions: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one running websocket session while it lives.
+pub(crate) struct SessionGuard(tokio::sync::watch::Sender<usize>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl AppState {
@@ -72,6 +84,7 @@ impl AppState {
                 guard,
                 seats: ws::Seats::default(),
                 face_latency: Default::default(),
+                sessions: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -98,6 +111,31 @@ impl AppState {
     /// How long face frames take from the voice loop to a phone's socket.
     pub fn face_latency(&self) -> &creature_actors::histogram::LatencyHistogram {
         &self.inner.face_latency
+    }
+
+    /// Count a websocket session until the guard is dropped.
+    pub(crate) fn session(&self) -> SessionGuard {
+        self.inner.sessions.send_modify(|n| *n += 1);
+        SessionGuard(self.inner.sessions.clone())
+    }
+
+    /// Websocket sessions running now.
+    pub fn open_sessions(&self) -> usize {
+        *self.inner.sessions.borrow()
+    }
+
+    /// Wait (at most `within`) until every websocket session has ended; whether they did.
+    /// Sessions end with a close frame (1001) once the brain begins to stop.
+    pub async fn sessions_closed(&self, within: std::time::Duration) -> bool {
+        let mut open = self.inner.sessions.subscribe();
+        tokio::time::timeout(within, open.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+
+    /// Ends once the brain begins to stop: every session's cue to close with 1001.
+    pub(crate) fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.brain.stopping()
     }
 
     /// Keep `/ws/audio` closed because `who` already feeds the fast loop.

@@ -198,7 +198,20 @@ pub(super) async fn finish<Si, St, E>(
         let _ = sink.close().await;
     };
     if end != SessionEnd::Stalled {
-        let _ = tokio::time::timeout(timing.send_within, closing).await;
+        let _ = tokio::time::timeout(goodbye_within(end, timing), closing).await;
+    }
+}
+
+/// The longest a session waits for its peer's answering close when the brain stops: a
+/// stopping process does not hang on a phone that stopped reading.
+pub(super) const SHUTDOWN_GOODBYE: Duration = Duration::from_secs(1);
+
+/// How long [`finish`] gives the goodbye: the send timeout, and at most
+/// [`SHUTDOWN_GOODBYE`] when the brain is stopping.
+pub fn goodbye_within(end: SessionEnd, timing: LinkTiming) -> Duration {
+    match end {
+        SessionEnd::Closed(CloseReason::Shutdown) => timing.send_within.min(SHUTDOWN_GOODBYE),
+        _ => timing.send_within,
     }
 }
 
@@ -207,6 +220,19 @@ async fn evicted(kick: oneshot::Receiver<CloseReason>) -> CloseReason {
     match kick.await {
         Ok(reason) => reason,
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// A session's reason to end from outside: `kick`'s, or [`CloseReason::Shutdown`] once
+/// `stopping` (the brain's stop) completes.
+pub(super) async fn kicked_or_stopping<K, S>(kick: K, stopping: S) -> CloseReason
+where
+    K: Future<Output = CloseReason>,
+    S: Future<Output = ()>,
+{
+    tokio::select! {
+        reason = kick => reason,
+        () = stopping => CloseReason::Shutdown,
     }
 }
 
@@ -330,6 +356,7 @@ pub(super) async fn face(
     ws.protocols(["creature"])
         .max_message_size(16 * 1024)
         .on_upgrade(move |socket| async move {
+            let _session = state.session();
             let server = &state.config().server;
             let (seat, notice) = state.inner.seats.seat_face(
                 addr,
@@ -352,7 +379,7 @@ pub(super) async fn face(
                 rx,
                 state.face_latency(),
                 timing,
-                evicted(notice),
+                kicked_or_stopping(evicted(notice), state.stopping()),
             )
             .await;
             tracing::debug!(seat, addr = ?addr, end = ?end, "face socket ended");
@@ -442,6 +469,7 @@ pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -
     ws.protocols(["creature"])
         .max_message_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
+            let _session = state.session();
             // The newest client takes the seat: a phone that reconnects never waits for its
             // old, dead connection to time out.
             let (seat, notice) = state.inner.seats.seat_audio(&state.inner.audio_busy);
@@ -469,7 +497,7 @@ pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -
                 max_bytes,
                 ready,
                 timing,
-                evicted(notice),
+                kicked_or_stopping(evicted(notice), state.stopping()),
             )
             .await;
             tracing::info!(seat, end = ?end, "audio session ended");
@@ -718,9 +746,18 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
+        // Fed, then every frame must reach the inbox while the downlink stays stuck (polled
+        // with a deadline: a host stall must not turn into a false failure).
+        let all_heard = async {
+            feed.await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while inbox.received() < 10 * 1920 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
         tokio::select! {
             end = session => panic!("the session ended: {end:?}"),
-            () = feed => {}
+            () = all_heard => {}
         }
         assert_eq!(inbox.received(), 10 * 1920);
     }

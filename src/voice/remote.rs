@@ -34,73 +34,164 @@ mod playout;
 
 use std::time::Duration;
 
+use creature_actors::config_duration::millis;
 use creature_actors::{VoiceError, VoiceModel};
+use serde::Deserialize;
 
-use crate::config::RemoteSection;
+use crate::config::ConfigError;
 use wire::SamplingParams;
 
 /// The backend's name as the API reports it.
 pub const BACKEND: &str = "moshi-remote";
 
-/// Settings of the remote backend (from `[voice.remote]`).
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of the remote backend: `[voice.remote]` in the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RemoteConfig {
-    /// The server's `/api/chat` URL, without the sampling settings.
+    /// The Moshi server's `/api/chat` websocket (ws:// only: this build has no TLS client),
+    /// without the sampling settings.
     pub url: String,
+    /// Sampled by the server; sent in the query string, named as Kyutai's servers read them.
+    #[serde(flatten)]
     pub sampling: SamplingParams,
-    /// Longest wait for the socket, and then for the handshake.
+    /// Longest wait for the socket, and then for the server's handshake.
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
     pub connect_timeout: Duration,
+    /// Reconnect backoff: starts at the minimum, doubles up to the maximum.
+    #[serde(rename = "backoff_min_ms", deserialize_with = "millis")]
     pub backoff_min: Duration,
+    #[serde(rename = "backoff_max_ms", deserialize_with = "millis")]
     pub backoff_max: Duration,
     /// A connected server silent this long is considered gone.
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "millis")]
     pub idle_timeout: Duration,
-    /// Most agent audio held, in 80 ms frames.
+    /// Most agent audio held for playout, in 80 ms frames (beyond: the oldest is dropped).
     pub jitter_buffer_frames: usize,
-    /// Agent audio gathered before playing, in 80 ms frames.
+    /// Agent audio gathered before playing starts (again), in 80 ms frames.
     pub prefill_frames: usize,
-    /// User frames waiting for the socket.
+    /// User frames waiting for the socket (beyond: new frames are dropped and counted).
     pub send_queue_frames: usize,
 }
 
-impl RemoteConfig {
-    /// The settings of a checked `[voice.remote]` section.
-    pub fn from_section(s: &RemoteSection) -> Self {
-        let ms = |v: u64| Duration::from_millis(v.max(1));
+impl Default for RemoteConfig {
+    fn default() -> Self {
         RemoteConfig {
-            url: s.url.clone(),
-            sampling: SamplingParams {
-                text_temperature: s.text_temperature,
-                text_topk: s.text_topk,
-                audio_temperature: s.audio_temperature,
-                audio_topk: s.audio_topk,
-                pad_mult: s.pad_mult,
-                repetition_penalty_context: s.repetition_penalty_context,
-                repetition_penalty: s.repetition_penalty,
-                text_seed: s.text_seed,
-                audio_seed: s.audio_seed,
-            },
-            connect_timeout: ms(s.connect_timeout_ms),
-            backoff_min: ms(s.backoff_min_ms),
-            backoff_max: ms(s.backoff_max_ms.max(s.backoff_min_ms)),
-            idle_timeout: ms(s.idle_timeout_ms),
-            jitter_buffer_frames: s.jitter_buffer_frames,
-            prefill_frames: s.prefill_frames,
-            send_queue_frames: s.send_queue_frames.max(1),
+            url: "ws://127.0.0.1:8998/api/chat".into(),
+            sampling: SamplingParams::default(),
+            connect_timeout: Duration::from_millis(5_000),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_millis(10_000),
+            jitter_buffer_frames: 8,
+            prefill_frames: 1,
+            send_queue_frames: 4,
         }
+    }
+}
+
+impl RemoteConfig {
+    /// Refuse values the remote backend cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.url.starts_with("wss://") {
+            return invalid(
+                "voice.remote.url",
+                "wss:// needs TLS, which this build's websocket client lacks; use ws:// (a TLS proxy or an SSH tunnel can carry it)".into(),
+            );
+        }
+        if !self.url.starts_with("ws://") || self.url.len() <= "ws://".len() {
+            return invalid(
+                "voice.remote.url",
+                format!("{:?} is not a ws:// URL", self.url),
+            );
+        }
+        for (key, t) in [
+            (
+                "voice.remote.text_temperature",
+                self.sampling.text_temperature,
+            ),
+            (
+                "voice.remote.audio_temperature",
+                self.sampling.audio_temperature,
+            ),
+        ] {
+            if !(t.is_finite() && (0.0..=10.0).contains(&t)) {
+                return invalid(key, format!("{t} is outside 0..10"));
+            }
+        }
+        for (key, k) in [
+            ("voice.remote.text_topk", self.sampling.text_topk),
+            ("voice.remote.audio_topk", self.sampling.audio_topk),
+        ] {
+            if k == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if !self.sampling.pad_mult.is_finite() {
+            return invalid(
+                "voice.remote.pad_mult",
+                format!("{} is not a number", self.sampling.pad_mult),
+            );
+        }
+        if !(self.sampling.repetition_penalty.is_finite() && self.sampling.repetition_penalty > 0.0)
+        {
+            return invalid(
+                "voice.remote.repetition_penalty",
+                format!("{} is not positive", self.sampling.repetition_penalty),
+            );
+        }
+        const HOUR_MS: u128 = 3_600_000;
+        for (key, d) in [
+            ("voice.remote.connect_timeout_ms", self.connect_timeout),
+            ("voice.remote.backoff_min_ms", self.backoff_min),
+            ("voice.remote.backoff_max_ms", self.backoff_max),
+            ("voice.remote.idle_timeout_ms", self.idle_timeout),
+        ] {
+            let ms = d.as_millis();
+            if !(1..=HOUR_MS).contains(&ms) {
+                return invalid(key, format!("{ms} is outside 1..{HOUR_MS} ms"));
+            }
+        }
+        if self.backoff_max < self.backoff_min {
+            return invalid(
+                "voice.remote.backoff_max_ms",
+                "must not be below voice.remote.backoff_min_ms".into(),
+            );
+        }
+        if !(2..=250).contains(&self.jitter_buffer_frames) {
+            return invalid(
+                "voice.remote.jitter_buffer_frames",
+                format!("{} is outside 2..250", self.jitter_buffer_frames),
+            );
+        }
+        if !(1..=self.jitter_buffer_frames).contains(&self.prefill_frames) {
+            return invalid(
+                "voice.remote.prefill_frames",
+                format!(
+                    "{} is outside 1..jitter_buffer_frames ({})",
+                    self.prefill_frames, self.jitter_buffer_frames
+                ),
+            );
+        }
+        if !(1..=250).contains(&self.send_queue_frames) {
+            return invalid(
+                "voice.remote.send_queue_frames",
+                format!("{} is outside 1..250", self.send_queue_frames),
+            );
+        }
+        Ok(())
     }
 }
 
 /// Start the remote backend: check the settings and start the network thread. It connects
 /// in the background; a server that is down is not an error here.
-pub fn build(section: &RemoteSection) -> Result<Box<dyn VoiceModel>, VoiceError> {
-    section
+pub fn build(config: &RemoteConfig) -> Result<Box<dyn VoiceModel>, VoiceError> {
+    config
         .check()
         .map_err(|e| VoiceError::Input(e.to_string()))?;
     #[cfg(feature = "opus")]
     {
-        Ok(Box::new(RemoteVoice::start(RemoteConfig::from_section(
-            section,
-        ))?))
+        Ok(Box::new(RemoteVoice::start(config.clone())?))
     }
     #[cfg(not(feature = "opus"))]
     {
@@ -319,8 +410,8 @@ mod backend {
 mod tests {
     use super::*;
 
-    fn build_error(section: &RemoteSection) -> String {
-        match build(section) {
+    fn build_error(config: &RemoteConfig) -> String {
+        match build(config) {
             Ok(_) => panic!("the backend started"),
             Err(e) => e.to_string(),
         }
@@ -328,34 +419,36 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_naming_the_key() {
-        let section = RemoteSection {
+        let config = RemoteConfig {
             url: "wss://gpu/api/chat".into(),
             ..Default::default()
         };
-        assert!(build_error(&section).contains("voice.remote.url"));
-        let section = RemoteSection {
-            backoff_min_ms: 0,
+        assert!(build_error(&config).contains("voice.remote.url"));
+        let config = RemoteConfig {
+            backoff_min: Duration::ZERO,
             ..Default::default()
         };
-        assert!(build_error(&section).contains("voice.remote.backoff_min_ms"));
+        assert!(build_error(&config).contains("voice.remote.backoff_min_ms"));
     }
 
     #[test]
-    fn the_config_section_maps_to_durations_and_sampling() {
-        let c = RemoteConfig::from_section(&RemoteSection {
-            text_seed: Some(3),
-            ..Default::default()
-        });
-        assert_eq!(c.backoff_min, Duration::from_millis(500));
+    fn the_config_keys_are_durations_and_sampling() {
+        let c: RemoteConfig = toml::from_str("text_seed = 3\nbackoff_min_ms = 250\n").unwrap();
+        assert_eq!(c.backoff_min, Duration::from_millis(250));
         assert_eq!(c.backoff_max, Duration::from_secs(10));
         assert_eq!(c.sampling.text_seed, Some(3));
         assert_eq!(c.sampling.audio_topk, 250);
+        let err = toml::from_str::<RemoteConfig>("audio_top_k = 3\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `audio_top_k`"),
+            "{err}"
+        );
     }
 
     #[cfg(not(feature = "opus"))]
     #[test]
     fn without_opus_the_backend_says_how_to_get_it() {
-        let err = build_error(&RemoteSection::default());
+        let err = build_error(&RemoteConfig::default());
         assert!(
             err.contains("moshi-remote") && err.contains("--features opus"),
             "{err}"

@@ -89,6 +89,19 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// Refuse values the simulator cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), crate::config::ConfigError> {
+        if !(self.words_per_second > 0.2 && self.words_per_second <= 20.0) {
+            return Err(crate::config::ConfigError::Invalid {
+                key: "voice.sim.words_per_second",
+                reason: format!("{} is outside 0.2..20", self.words_per_second),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What the simulator has done since it was built; kept across [`VoiceModel::reset`] so
 /// the metrics built on them only ever grow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

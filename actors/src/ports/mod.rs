@@ -8,9 +8,11 @@ mod store;
 mod voice;
 
 pub use body::{BodyCommand, BodyReport, BodyState};
-pub use planner::{Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError};
+pub use planner::{
+    Action, Intent, InvalidTask, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError,
+};
 pub use store::{
-    MemoryTaskStore, NewTask, Page, PageOrder, PageQuery, PlanStep, Progress, StoreError, Task,
-    TaskEvent, TaskSource, TaskState, TaskStore, id_number, now_ms, task_id,
+    LifecycleError, MemoryTaskStore, NewTask, Page, PageOrder, PageQuery, PlanStep, Progress,
+    StoreError, Task, TaskEvent, TaskSource, TaskState, TaskStore, id_number, now_ms, task_id,
 };
 pub use voice::{FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE, StepOutput, VoiceError, VoiceModel};

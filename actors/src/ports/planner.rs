@@ -77,39 +77,52 @@ impl PhysicalTask {
 
     /// Check the limits the JSON Schema states, so a task built in code obeys the same
     /// contract as one parsed from the wire.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidTask> {
         let object = self.object.trim();
         if object.is_empty() {
-            return Err("`object` is empty".into());
+            return Err(InvalidTask::Empty("object"));
         }
         if object.chars().count() > Self::MAX_NAME {
-            return Err(format!(
-                "`object` is longer than {} characters",
-                Self::MAX_NAME
-            ));
+            return Err(InvalidTask::TooLong {
+                field: "object",
+                max: Self::MAX_NAME,
+            });
         }
         if let Some(dest) = &self.destination {
             if dest.trim().is_empty() {
-                return Err("`destination` is empty (leave it out instead)".into());
+                return Err(InvalidTask::EmptyDestination);
             }
             if dest.chars().count() > Self::MAX_NAME {
-                return Err(format!(
-                    "`destination` is longer than {} characters",
-                    Self::MAX_NAME
-                ));
+                return Err(InvalidTask::TooLong {
+                    field: "destination",
+                    max: Self::MAX_NAME,
+                });
             }
         }
         if self.utterance.chars().count() > Self::MAX_UTTERANCE {
-            return Err(format!(
-                "`utterance` is longer than {} characters",
-                Self::MAX_UTTERANCE
-            ));
+            return Err(InvalidTask::TooLong {
+                field: "utterance",
+                max: Self::MAX_UTTERANCE,
+            });
         }
         if !(0.0..=1.0).contains(&self.confidence) || self.confidence.is_nan() {
-            return Err(format!("`confidence` {} is outside 0..1", self.confidence));
+            return Err(InvalidTask::Confidence(self.confidence));
         }
         Ok(())
     }
+}
+
+/// Which limit of `do_physical_task` a [`PhysicalTask`] breaks.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidTask {
+    #[error("`{0}` is empty")]
+    Empty(&'static str),
+    #[error("`destination` is empty (leave it out instead)")]
+    EmptyDestination,
+    #[error("`{field}` is longer than {max} characters")]
+    TooLong { field: &'static str, max: usize },
+    #[error("`confidence` {0} is outside 0..1")]
+    Confidence(f32),
 }
 
 /// A physical-task intent spotted in the inner monologue.

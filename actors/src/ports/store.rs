@@ -185,14 +185,17 @@ impl Task {
     }
 
     /// Move to `next`, recording it in the history; refuses what the lifecycle forbids.
-    pub fn transition(&mut self, next: TaskState, detail: Option<String>) -> Result<(), String> {
+    pub fn transition(
+        &mut self,
+        next: TaskState,
+        detail: Option<String>,
+    ) -> Result<(), LifecycleError> {
         if !self.state.can_become(next) {
-            return Err(format!(
-                "task {} cannot go from {} to {}",
-                self.id,
-                self.state.as_str(),
-                next.as_str()
-            ));
+            return Err(LifecycleError {
+                id: self.id.clone(),
+                from: self.state,
+                to: next,
+            });
         }
         let at_ms = now_ms();
         self.state = next;
@@ -204,6 +207,15 @@ impl Task {
         });
         Ok(())
     }
+}
+
+/// A state change the lifecycle forbids ([`TaskState::can_become`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {id} cannot go from {} to {}", from.as_str(), to.as_str())]
+pub struct LifecycleError {
+    pub id: String,
+    pub from: TaskState,
+    pub to: TaskState,
 }
 
 /// Why the ledger could not read or write.
@@ -295,7 +307,8 @@ pub trait TaskStore: Send + Sync + 'static {
     fn create(&self, new: Vec<NewTask>) -> Result<Vec<Task>, StoreError>;
     /// Write `task`; when this returns `Ok`, the record is on disk (flushed).
     fn put(&self, task: &Task) -> Result<(), StoreError>;
-    /// Write several tasks at once, flushed.
+    /// Write several tasks at once, flushed; all or nothing where the store can (the
+    /// default writes them one by one).
     fn put_all(&self, tasks: &[Task]) -> Result<(), StoreError> {
         tasks.iter().try_for_each(|t| self.put(t))
     }
@@ -327,6 +340,16 @@ pub trait TaskStore: Send + Sync + 'static {
             tasks.push(task);
         }
         Ok(Page { tasks, more })
+    }
+    /// The tasks of one plan ([`PlanStep::plan`]), in step order; empty if none was filed.
+    fn plan(&self, plan: &str) -> Result<Vec<Task>, StoreError> {
+        let mut steps: Vec<Task> = self
+            .list()?
+            .into_iter()
+            .filter(|t| t.plan.as_ref().is_some_and(|p| p.plan == plan))
+            .collect();
+        steps.sort_by_key(|t| t.plan.as_ref().map_or(0, |p| p.step));
+        Ok(steps)
     }
     /// Up to `count` of the oldest finished tasks: their ids and states.
     fn oldest_finished(&self, count: usize) -> Result<Vec<(String, TaskState)>, StoreError> {
@@ -376,6 +399,15 @@ impl TaskStore for MemoryTaskStore {
 
     fn put(&self, task: &Task) -> Result<(), StoreError> {
         self.lock()?.1.insert(key(&task.id), task.clone());
+        Ok(())
+    }
+
+    fn put_all(&self, tasks: &[Task]) -> Result<(), StoreError> {
+        // Under one lock: nobody sees some of them written and not the rest.
+        let mut guard = self.lock()?;
+        for task in tasks {
+            guard.1.insert(key(&task.id), task.clone());
+        }
         Ok(())
     }
 
@@ -440,7 +472,8 @@ mod tests {
     fn lifecycle_refuses_backwards_and_skipping_dispatch() {
         let mut task = Task::new("t-2".into(), args(), TaskSource::Api, None);
         let err = task.transition(TaskState::Running, None).unwrap_err();
-        assert!(err.contains("pending to running"), "{err}");
+        assert_eq!((err.from, err.to), (TaskState::Pending, TaskState::Running));
+        assert!(err.to_string().contains("pending to running"), "{err}");
         task.transition(TaskState::Dispatched, None).unwrap();
         task.transition(TaskState::Running, None).unwrap();
         assert!(task.transition(TaskState::Accepted, None).is_err());
@@ -506,12 +539,25 @@ mod tests {
         assert!(args().validate().is_ok());
         let mut bad = args();
         bad.object = "  ".into();
-        assert!(bad.validate().unwrap_err().contains("object"));
+        assert_eq!(
+            bad.validate(),
+            Err(crate::ports::InvalidTask::Empty("object"))
+        );
         let mut bad = args();
         bad.confidence = 1.5;
-        assert!(bad.validate().unwrap_err().contains("confidence"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("confidence")
+        );
         let mut bad = args();
         bad.destination = Some(String::new());
-        assert!(bad.validate().unwrap_err().contains("destination"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("destination")
+        );
     }
 }

@@ -16,8 +16,7 @@ use serde::Serialize;
 
 use super::loader::{Architecture, CODEBOOKS};
 use super::tiny::{RandomWeights, tiny_architecture, tiny_vocabulary};
-use super::{new_state, open_device};
-use crate::config::{MoshiDevice, MoshiSection};
+use super::{MoshiConfig, MoshiDevice, new_state, open_device};
 use creature_actors::FRAME_SAMPLES;
 
 /// Which sizes to build.
@@ -315,9 +314,9 @@ pub fn lm(args: LmBenchArgs) -> anyhow::Result<()> {
         bytes / (1u64 << 30) as f64,
         made.elapsed().as_secs_f64()
     );
-    let settings = MoshiSection {
+    let settings = MoshiConfig {
         max_steps: args.steps + 16,
-        ..MoshiSection::default()
+        ..MoshiConfig::default()
     };
     let generation = arch.generation();
     let mut state = new_state(&model, &generation, &settings, 0);

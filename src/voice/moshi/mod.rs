@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //!
+//! - `config`: `[voice.moshi]`, the backend's settings and their checks.
 //! - [`loader`]: the checkpoint directory (Kyutai's layout), `config.json`, and checks.
 //! - [`spm`]: SentencePiece `.model` files and the streaming text-piece decoder.
 //! - [`tiny`]: `creature moshi tiny DIR`, a random-weight checkpoint that runs on a CPU.
@@ -20,6 +21,7 @@
 //! resets the same way, since it may have advanced Mimi without the LM.
 
 pub mod bench;
+mod config;
 pub mod loader;
 pub mod spm;
 pub mod tiny;
@@ -37,7 +39,7 @@ use moshi::mimi::Mimi;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::{MoshiDevice, MoshiDtype, MoshiSection};
+pub use config::{MoshiConfig, MoshiDevice, MoshiDtype};
 use loader::{CODEBOOKS, Checkpoint, load_checkpoint};
 use spm::TextDecoder;
 
@@ -79,7 +81,7 @@ pub struct MoshiVoice {
     prev_text: u32,
     device: Device,
     dtype: DType,
-    sampling: MoshiSection,
+    sampling: MoshiConfig,
     checkpoint: PathBuf,
     lm_file: PathBuf,
     /// The user's frame, padded or trimmed to exactly one frame.
@@ -163,7 +165,7 @@ fn model_error(e: moshi::candle::Error) -> VoiceError {
 impl MoshiVoice {
     /// Load the checkpoint in `settings.dir`, warm the model up with one step, and start
     /// a fresh conversation. Every problem with the files is a `VoiceError::Load` naming one.
-    pub fn load(settings: &MoshiSection) -> Result<Self, VoiceError> {
+    pub fn load(settings: &MoshiConfig) -> Result<Self, VoiceError> {
         let dir = settings.dir.as_deref().ok_or_else(|| {
             VoiceError::Input("the moshi backend needs a checkpoint: set [voice.moshi] dir or pass --moshi-dir DIR".into())
         })?;
@@ -202,7 +204,7 @@ impl MoshiVoice {
 
     fn from_checkpoint(
         c: Checkpoint,
-        settings: &MoshiSection,
+        settings: &MoshiConfig,
         device: Device,
         dtype: DType,
     ) -> Self {
@@ -348,7 +350,7 @@ fn sampler(seed: u64, temperature: f64, top_k: usize) -> LogitsProcessor {
 fn new_state(
     lm: &LmModel,
     generation: &lm_generate_multistream::Config,
-    s: &MoshiSection,
+    s: &MoshiConfig,
     conversation: u64,
 ) -> State {
     State::new(
@@ -420,13 +422,13 @@ mod tests {
     use super::*;
     use creature_actors::audio::rms;
 
-    fn tiny(max_steps: usize) -> (tempfile::TempDir, MoshiSection) {
+    fn tiny(max_steps: usize) -> (tempfile::TempDir, MoshiConfig) {
         let dir = tempfile::tempdir().unwrap();
         tiny::write_tiny_checkpoint(dir.path(), 7, false).unwrap();
-        let settings = MoshiSection {
+        let settings = MoshiConfig {
             dir: Some(dir.path().to_path_buf()),
             max_steps,
-            ..MoshiSection::default()
+            ..MoshiConfig::default()
         };
         (dir, settings)
     }
@@ -549,9 +551,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tiny::write_tiny_checkpoint(dir.path(), 7, true).unwrap();
         assert!(!dir.path().join(loader::LM_SAFETENSORS).exists());
-        let settings = MoshiSection {
+        let settings = MoshiConfig {
             dir: Some(dir.path().to_path_buf()),
-            ..MoshiSection::default()
+            ..MoshiConfig::default()
         };
         let mut voice = MoshiVoice::load(&settings).unwrap();
         let mut pieces = 0;
@@ -580,7 +582,7 @@ mod tests {
     #[test]
     fn a_gpu_device_without_its_build_feature_is_refused_clearly() {
         let (_dir, settings) = tiny(3_000);
-        let settings = MoshiSection {
+        let settings = MoshiConfig {
             device: MoshiDevice::Cuda,
             ..settings
         };
@@ -600,7 +602,7 @@ mod tests {
 
     #[test]
     fn a_missing_directory_setting_is_an_input_error() {
-        let err = MoshiVoice::load(&MoshiSection::default()).unwrap_err();
+        let err = MoshiVoice::load(&MoshiConfig::default()).unwrap_err();
         assert!(matches!(err, VoiceError::Input(_)), "{err}");
         assert!(err.to_string().contains("--moshi-dir"), "{err}");
     }

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use creature_actors::FRAME_SAMPLES;
+use creature_actors::ring::Ring;
 
 /// Most text pieces held; beyond this the oldest is dropped and counted.
 const MAX_PIECES: usize = 64;
@@ -22,7 +23,7 @@ pub(super) struct Playout {
     prefill: usize,
     /// Whether frames are being played; false until `prefill` is reached.
     playing: bool,
-    pieces: VecDeque<String>,
+    pieces: Ring<String>,
     pub(super) frames_played: u64,
     /// Times the buffer ran dry while playing.
     pub(super) underruns: u64,
@@ -42,7 +43,7 @@ impl Playout {
             capacity: capacity_frames * FRAME_SAMPLES,
             prefill: prefill_frames * FRAME_SAMPLES,
             playing: false,
-            pieces: VecDeque::new(),
+            pieces: Ring::new(MAX_PIECES),
             frames_played: 0,
             underruns: 0,
             dropped_samples: 0,
@@ -65,11 +66,9 @@ impl Playout {
 
     pub(super) fn push_piece(&mut self, piece: String) {
         self.pieces_received += 1;
-        if self.pieces.len() == MAX_PIECES {
-            self.pieces.pop_front();
+        if self.pieces.push(piece).is_some() {
             self.pieces_dropped += 1;
         }
-        self.pieces.push_back(piece);
     }
 
     /// Fill `out` (one frame) with the next agent frame, or silence. True if it is audio.
@@ -96,9 +95,9 @@ impl Playout {
     /// The next monologue piece: one per step, or everything waiting when it piles up.
     pub(super) fn next_piece(&mut self) -> Option<String> {
         if self.pieces.len() > CATCH_UP_PIECES {
-            return Some(self.pieces.drain(..).collect());
+            return Some(self.pieces.drain().collect());
         }
-        self.pieces.pop_front()
+        self.pieces.pop_oldest()
     }
 
     /// Forget everything queued (a session ended or the conversation was reset).

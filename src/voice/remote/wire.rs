@@ -122,8 +122,10 @@ pub fn audio_message(ogg: &[u8]) -> Vec<u8> {
     message
 }
 
-/// Sampling settings for the server's model, sent in the query string.
-#[derive(Debug, Clone, PartialEq)]
+/// Sampling settings for the server's model, sent in the query string; in the config file
+/// they are keys of `[voice.remote]`. The defaults are those of Kyutai's web client.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SamplingParams {
     pub text_temperature: f64,
     pub text_topk: u32,
@@ -136,6 +138,22 @@ pub struct SamplingParams {
     /// `None`: the server picks a random seed.
     pub text_seed: Option<u64>,
     pub audio_seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            text_temperature: 0.7,
+            text_topk: 25,
+            audio_temperature: 0.8,
+            audio_topk: 250,
+            pad_mult: 0.0,
+            repetition_penalty_context: 64,
+            repetition_penalty: 1.0,
+            text_seed: None,
+            audio_seed: None,
+        }
+    }
 }
 
 /// The URL to open: `base` with the sampling settings added to its query string (after any
