@@ -175,7 +175,8 @@ enum BenchCommand {
 /// Parse the command line, run the command, and turn any error into a message and exit 1.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    // Held to the end: dropping it flushes what the log thread has not written yet.
+    let _log_writer = init_tracing(&cli.log);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -185,13 +186,18 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str) {
+/// Log to stderr through a writer thread: a thread that logs (the fast loop's included)
+/// only queues the line and never waits on a slow terminal or pipe. When the queue is full
+/// lines are dropped, not waited for.
+fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .try_init();
+    guard
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

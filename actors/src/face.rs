@@ -7,15 +7,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::audio::dbfs;
 use crate::clock::TickClock;
-use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
+use crate::handle::{ActorHandle, Spawn, SpawnError, deref_to_actor_handle};
 use crate::signals::{Emotion, FrameStats, Mood};
-use crate::slot::Slot;
+use crate::slot::{CallError, Slot};
 
 /// Mouth shapes, a reduced Preston Blair set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,15 +163,8 @@ pub enum FaceMsg {
     Frame(FrameStats),
     /// The affect state changed.
     Mood(Mood),
-    Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
     Crash,
-}
-
-impl SnapshotRequest for FaceMsg {
-    fn snapshot(reply: RpcReplyPort<serde_json::Value>) -> Self {
-        FaceMsg::Snapshot(reply)
-    }
 }
 
 #[cfg(feature = "fault-injection")]
@@ -197,6 +190,18 @@ impl FaceHandle {
 
     pub fn mood(&self, mood: Mood) {
         self.actor.cast(FaceMsg::Mood(mood));
+    }
+
+    /// The face's state, read from the frame it last published: the face runs on the fast
+    /// loop's thread, which never answers HTTP. Never fails; the `Result` keeps the shape
+    /// every actor's snapshot has.
+    pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
+        let last = self.outlet.borrow().frame.clone();
+        Ok(serde_json::json!({
+            "last_frame": last,
+            "published": last.seq,
+            "subscribers": self.outlet.receiver_count(),
+        }))
     }
 
     /// A receiver of face frames; it always holds the newest one.
@@ -265,7 +270,6 @@ pub struct FaceState {
     mood: Mood,
     visemes: VecDeque<Viseme>,
     last: FaceFrame,
-    published: u64,
 }
 
 impl Face {
@@ -310,7 +314,6 @@ impl Face {
             viseme,
         };
         state.last = frame.clone();
-        state.published += 1;
         self.outlet
             .send_replace(Arc::new(FaceUpdate::new(frame, Some(stats.emitted_at))));
     }
@@ -340,7 +343,6 @@ impl Actor for Face {
             },
             visemes: VecDeque::new(),
             last,
-            published: 0,
         })
     }
 
@@ -353,13 +355,6 @@ impl Actor for Face {
         match msg {
             FaceMsg::Frame(stats) => self.on_frame(state, stats),
             FaceMsg::Mood(mood) => state.mood = mood,
-            FaceMsg::Snapshot(reply) => {
-                let _ = reply.send(serde_json::json!({
-                    "last_frame": state.last,
-                    "published": state.published,
-                    "subscribers": self.outlet.receiver_count(),
-                }));
-            }
             #[cfg(feature = "fault-injection")]
             FaceMsg::Crash => panic!("injected fault in face"),
         }
@@ -390,7 +385,6 @@ mod tests {
             },
             visemes: VecDeque::new(),
             last: idle_frame(0, 0),
-            published: 0,
         };
         (face, state)
     }
