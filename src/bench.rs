@@ -47,6 +47,11 @@ pub struct TickBenchArgs {
     /// Leave the fast loop's threads at normal priority (to see what real-time buys).
     #[arg(long)]
     pub no_realtime: bool,
+    /// Type no lines to the voice (by default one every 3 s, which it answers aloud): a
+    /// silent run shows what ticks alone cost, since composing and speaking text
+    /// allocates where ticks do not.
+    #[arg(long)]
+    pub silent: bool,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -417,6 +422,7 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         let brain = Arc::clone(&brain);
         let stop = Arc::clone(&stop);
         let target = args.slow_plans as u64;
+        let silent = args.silent;
         tokio::spawn(async move {
             let objects = [
                 "cup", "ball", "book", "keys", "remote", "apple", "sock", "pen",
@@ -453,7 +459,7 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
                         );
                     }
                 }
-                if last_line.elapsed() > Duration::from_secs(3) {
+                if !silent && last_line.elapsed() > Duration::from_secs(3) {
                     let _ = brain.voice.hear(lines[(n % lines.len() as u64) as usize]);
                     last_line = Instant::now();
                 }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use creature_actors::text::printable;
 use serde_json::Value;
 
-use crate::config::{Backend, Config, DEV_BODY_TOKEN, PlannerKind};
+use crate::config::{Backend, Config, PlannerKind};
 use crate::service::Service;
 
 #[derive(Debug, Parser)]
@@ -190,6 +190,13 @@ pub async fn main() -> ExitCode {
 /// only queues the line and never waits on a slow terminal or pipe. When the queue is full
 /// lines are dropped, not waited for.
 fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    // A certificate the client cannot trust is explained by the command's own error; the
+    // verifier's log line would only repeat it, less clearly.
+    let filter = if filter.contains("rustls_platform_verifier") {
+        filter.to_string()
+    } else {
+        format!("{filter},rustls_platform_verifier=off")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
@@ -282,7 +289,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.llm_url {
         config.reasoner.llm.base_url = url;
     }
-    let warning = open_door_warning(&config);
     // `--lan --addr IP:PORT` listens on exactly that; `--lan` alone on every interface.
     let bind = match args.addr {
         Some(addr) => addr,
@@ -292,9 +298,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = service.addr();
     tracing::info!(%addr, backend = service.brain().voice.backend(), "the creature is awake");
     eprint!("{}", banner(&service));
-    if let Some(warning) = warning {
-        tracing::warn!("{warning}");
-    }
     service.run_until(shutdown_signal()).await
 }
 
@@ -360,18 +363,6 @@ async fn pair(client: &Client) -> anyhow::Result<()> {
     }
     print!("{}", crate::pairing::qr_terminal(&url)?);
     Ok(())
-}
-
-/// Served beyond this machine with the development body token, anyone on the network could
-/// attach as the body: say so, and how to fix it.
-fn open_door_warning(config: &Config) -> Option<String> {
-    (!config.server.addr.ip().is_loopback() && config.body.token == DEV_BODY_TOKEN).then(|| {
-        format!(
-            "serving on {} with the development body token: anything on the network can attach \
-             to /ws/body as the robot's body. Set your own `token` under [body] in the config.",
-            config.server.addr
-        )
-    })
 }
 
 /// Model compute off the async workers.
@@ -476,7 +467,14 @@ impl Client {
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
+            if is_untrusted_certificate(&e) {
+                anyhow::anyhow!(
+                    "cannot trust the certificate of the brain at {}: point --data-dir at the \
+                     brain's data directory (its tls/cert.pem is trusted), or install that \
+                     certificate",
+                    self.base
+                )
+            } else if e.is_connect() {
                 anyhow::anyhow!(
                     "cannot reach the brain at {}: is `creature serve` running?",
                     self.base
@@ -519,6 +517,19 @@ fn read_token_file(data_dir: &std::path::Path) -> anyhow::Result<Option<String>>
             Err(e).with_context(|| format!("cannot read the access token {}", path.display()))
         }
     }
+}
+
+/// A TLS handshake refused for the server's certificate (self-signed and not ours to trust).
+fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if text.contains("certificate") || text.contains("UnknownIssuer") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Columns padded to their widest cell. Every cell is [`printable`]: text from the network
@@ -864,20 +875,6 @@ mod tests {
             ],
         );
         assert_eq!(t, "A          BB\nlong cell  x\ny          z");
-    }
-
-    #[test]
-    fn serving_the_network_with_the_dev_body_token_is_warned_about() {
-        let mut config = Config::default();
-        assert_eq!(open_door_warning(&config), None, "loopback is fine");
-        config.server.addr = "0.0.0.0:8080".parse().unwrap();
-        let warning = open_door_warning(&config).expect("a warning");
-        assert!(
-            warning.contains("0.0.0.0:8080") && warning.contains("[body]"),
-            "{warning}"
-        );
-        config.body.token = "a secret of our own".into();
-        assert_eq!(open_door_warning(&config), None, "a real token");
     }
 
     #[test]

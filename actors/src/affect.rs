@@ -5,6 +5,7 @@
 //! neutral when the hold runs out. Frame stats from `voice` are both an event source and
 //! the clock; the result goes to `face`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::FRAME_PERIOD;
 use crate::face::FaceHandle;
+use crate::feed::{AbortOnDrop, Feed};
 use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
 use crate::ring::Ring;
 use crate::signals::{AffectEvent, Emotion, FrameStats, Mood};
@@ -77,8 +79,10 @@ impl Default for AffectConfig {
 
 #[derive(Debug)]
 pub enum AffectMsg {
-    /// Stats of one voice frame (also the state machine's clock).
-    Frame(FrameStats),
+    /// Frame stats wait in the feed (also the state machine's clock): take them all. Sent
+    /// by the incarnation's own forwarder task, on the shared workers, never by the voice
+    /// loop (which hands frames over without a message, see [`AffectHandle::frame`]).
+    Frames,
     Event(AffectEvent),
     Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
@@ -103,13 +107,24 @@ impl crate::handle::FaultInjection for AffectMsg {
 #[derive(Clone, Debug)]
 pub struct AffectHandle {
     actor: ActorHandle<AffectMsg>,
+    frames: Arc<Feed<FrameStats>>,
 }
 
 deref_to_actor_handle!(AffectHandle, AffectMsg);
 
 impl AffectHandle {
+    /// Stats of one voice frame. The voice loop calls this every tick: the stats go into a
+    /// preallocated feed (no message, no allocation, no lock the affect actor can hold);
+    /// a task of the affect incarnation wakes and tells the actor to take them. With the
+    /// actor behind by [`FRAME_FEED`] frames the newest are dropped and counted
+    /// ([`AffectHandle::frames_dropped`]).
     pub fn frame(&self, stats: FrameStats) {
-        self.actor.cast(AffectMsg::Frame(stats));
+        let _ = self.frames.push(stats);
+    }
+
+    /// Frame stats dropped because the affect actor had not taken the earlier ones.
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames.dropped()
     }
 
     pub fn event(&self, event: AffectEvent) {
@@ -125,7 +140,12 @@ pub struct Affect {
     face: FaceHandle,
     /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<AffectMsg>,
+    /// Frame stats from the voice loop; outlives incarnations.
+    frames: Arc<Feed<FrameStats>>,
 }
+
+/// Frame stats that may wait for the affect actor (about 2 s of frames).
+pub const FRAME_FEED: usize = 25;
 
 impl Affect {
     /// An affect state machine that tells `face` its mood.
@@ -134,6 +154,7 @@ impl Affect {
             config,
             face,
             slot: Slot::new("affect"),
+            frames: Arc::new(Feed::new(FRAME_FEED)),
         }
     }
 
@@ -141,6 +162,7 @@ impl Affect {
     pub fn handle(&self) -> AffectHandle {
         AffectHandle {
             actor: ActorHandle::new(self.slot.clone()),
+            frames: Arc::clone(&self.frames),
         }
     }
 
@@ -184,6 +206,9 @@ pub struct AffectState {
     published: Option<Mood>,
     events: u64,
     recent: Ring<EventRecord>,
+    /// The incarnation's forwarder task (turns a wake-up of the frame feed into
+    /// [`AffectMsg::Frames`]); ends with the incarnation.
+    forwarder: Option<AbortOnDrop>,
 }
 
 const RECENT: usize = 24;
@@ -214,6 +239,7 @@ impl AffectState {
             published: None,
             events: 0,
             recent: Ring::new(RECENT),
+            forwarder: None,
         }
     }
 }
@@ -312,7 +338,20 @@ impl Actor for Affect {
     ) -> Result<AffectState, ActorProcessingErr> {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
-        Ok(AffectState::new())
+        let frames = Arc::clone(&self.frames);
+        // On the shared workers, like this actor: the cast (and its allocation) happens
+        // here, not on the voice loop's thread.
+        let forwarder = tokio::spawn(async move {
+            loop {
+                frames.pushed().await;
+                if myself.cast(AffectMsg::Frames).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut state = AffectState::new();
+        state.forwarder = Some(AbortOnDrop(forwarder.abort_handle()));
+        Ok(state)
     }
 
     async fn handle(
@@ -322,7 +361,11 @@ impl Actor for Affect {
         state: &mut AffectState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AffectMsg::Frame(stats) => self.on_frame(state, &stats),
+            AffectMsg::Frames => {
+                while let Some(stats) = self.frames.pop() {
+                    self.on_frame(state, &stats);
+                }
+            }
             AffectMsg::Event(event) => {
                 self.apply(state, event);
                 self.publish(state);
@@ -342,6 +385,7 @@ impl Actor for Affect {
                     "idle": state.idle,
                     "events": state.events,
                     "recent_events": state.recent,
+                    "frames_dropped": self.frames.dropped(),
                 }));
             }
             #[cfg(feature = "fault-injection")]

@@ -2,9 +2,15 @@
 //! [`FaceFrame`] per voice frame and publishes it to every connected phone. Fan-out is
 //! latest-value (a `watch` channel): a slow or stalled phone simply misses frames, and
 //! nobody, least of all the voice loop, waits for it. Each frame is serialized once.
+//!
+//! A frame allocates nothing in steady state: the voice loop hands its stats over through a
+//! preallocated [`Feed`] (no actor message; a ractor cast boxes it) to a task the face's
+//! incarnation runs on the loop's thread, and the face writes each frame's JSON into the
+//! buffers of a small pool of [`FaceUpdate`]s, reusing one that no socket holds any more.
+//! Only the mood (from `affect`, when it changes) comes as a message.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
@@ -13,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::audio::dbfs;
 use crate::clock::TickClock;
+use crate::feed::{AbortOnDrop, Feed};
 use crate::handle::{ActorHandle, Spawn, SpawnError, deref_to_actor_handle};
 use crate::signals::{Emotion, FrameStats, Mood};
 use crate::slot::{CallError, Slot};
@@ -63,13 +70,19 @@ impl Viseme {
 
     /// The shapes of a spoken piece, repeated letters merged ("hello" -> L E L O).
     pub fn sequence(text: &str) -> Vec<Viseme> {
-        let mut out: Vec<Viseme> = Vec::new();
+        let mut out = VecDeque::new();
+        Viseme::sequence_into(text, &mut out);
+        out.into()
+    }
+
+    /// [`Viseme::sequence`] into `out` (emptied first; no allocation within its capacity).
+    fn sequence_into(text: &str, out: &mut VecDeque<Viseme>) {
+        out.clear();
         for v in text.chars().filter_map(Viseme::of_letter) {
-            if out.last() != Some(&v) {
-                out.push(v);
+            if out.back() != Some(&v) {
+                out.push_back(v);
             }
         }
-        out
     }
 }
 
@@ -95,20 +108,71 @@ pub struct FaceFrame {
 #[derive(Debug, Clone)]
 pub struct FaceUpdate {
     pub frame: FaceFrame,
-    pub json: Arc<str>,
+    pub json: String,
     /// When the voice loop emitted the stats behind this frame (none for the idle frame).
     pub source_at: Option<Instant>,
 }
 
+/// Room for a frame's JSON (about 150 bytes), so rewriting it never grows the buffer.
+const JSON_CAPACITY: usize = 256;
+
 impl FaceUpdate {
     fn new(frame: FaceFrame, source_at: Option<Instant>) -> Self {
-        let json = serde_json::to_string(&frame).unwrap_or_else(|_| "{}".into());
-        FaceUpdate {
+        let mut update = FaceUpdate {
             frame,
-            json: json.into(),
+            json: String::with_capacity(JSON_CAPACITY),
             source_at,
+        };
+        update.write_json();
+        update
+    }
+
+    /// Make this update hold `frame` (its JSON rewritten in place).
+    fn refill(&mut self, frame: FaceFrame, source_at: Option<Instant>) {
+        self.frame = frame;
+        self.source_at = source_at;
+        self.write_json();
+    }
+
+    fn write_json(&mut self) {
+        let mut bytes = std::mem::take(&mut self.json).into_bytes();
+        bytes.clear();
+        if serde_json::to_writer(&mut bytes, &self.frame).is_err() {
+            bytes.clear();
+            bytes.extend_from_slice(b"{}");
+        }
+        // serde_json writes UTF-8; the fallback keeps the buffer anyway.
+        self.json = String::from_utf8(bytes).unwrap_or_else(|e| {
+            let mut bytes = e.into_bytes();
+            bytes.clear();
+            bytes.extend_from_slice(b"{}");
+            String::from_utf8(bytes).unwrap_or_default()
+        });
+    }
+}
+
+/// Most face updates kept for reuse: more than the sockets hold at once in steady state
+/// (each holds the one it is sending, most the same newest one).
+const UPDATE_POOL: usize = 8;
+
+/// An update holding `frame`: a pooled one that only the pool holds, refilled (no
+/// allocation), when there is one; else a new one, kept for later while the pool has room.
+fn pooled_update(
+    pool: &mut Vec<Arc<FaceUpdate>>,
+    frame: FaceFrame,
+    source_at: Option<Instant>,
+) -> Arc<FaceUpdate> {
+    for update in pool.iter_mut() {
+        if let Some(free) = Arc::get_mut(update) {
+            free.refill(frame, source_at);
+            return Arc::clone(update);
         }
     }
+    let update = Arc::new(FaceUpdate::new(frame, source_at));
+    if pool.len() < UPDATE_POOL {
+        pool.push(Arc::clone(&update));
+    }
+    update
 }
 
 /// Where face frames are published; lives outside the actor so sockets survive its restarts.
@@ -157,12 +221,15 @@ impl Default for FaceConfig {
     }
 }
 
+/// Messages of the face. Frame stats do not come this way: they come through
+/// [`FaceHandle::frame`]'s feed.
 #[derive(Debug)]
 pub enum FaceMsg {
-    /// Stats of one voice frame: publish a face frame.
-    Frame(FrameStats),
     /// The affect state changed.
     Mood(Mood),
+    /// The incarnation's frame task panicked (with this message): the face fails, so its
+    /// supervisor restarts it.
+    FramesFailed(String),
     #[cfg(feature = "fault-injection")]
     Crash,
 }
@@ -179,13 +246,28 @@ impl crate::handle::FaultInjection for FaceMsg {
 pub struct FaceHandle {
     actor: ActorHandle<FaceMsg>,
     outlet: FaceOutlet,
+    frames: Arc<Feed<FrameStats>>,
 }
 
 deref_to_actor_handle!(FaceHandle, FaceMsg);
 
 impl FaceHandle {
+    /// Stats of one voice frame: the face publishes a frame for it. No message and no
+    /// allocation (a feed); with the face stalled the newest stats are dropped, counted in
+    /// [`FaceHandle::frames_dropped`].
     pub fn frame(&self, stats: FrameStats) {
-        self.actor.cast(FaceMsg::Frame(stats));
+        let _ = self.frames.push(stats);
+    }
+
+    /// Frame stats dropped because the face had not taken the earlier ones.
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames.dropped()
+    }
+
+    /// The stats handed over and not yet taken (tests stand in for the face with this).
+    #[cfg(test)]
+    pub(crate) fn take_frame(&self) -> Option<FrameStats> {
+        self.frames.pop()
     }
 
     pub fn mood(&self, mood: Mood) {
@@ -201,6 +283,7 @@ impl FaceHandle {
             "last_frame": last,
             "published": last.seq,
             "subscribers": self.outlet.receiver_count(),
+            "frames_dropped": self.frames.dropped(),
         }))
     }
 
@@ -225,7 +308,13 @@ pub struct Face {
     outlet: FaceOutlet,
     /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<FaceMsg>,
+    /// Frame stats from the voice loop; outlives incarnations like the outlet.
+    frames: Arc<Feed<FrameStats>>,
 }
+
+/// Frame stats that may wait for the face (it runs on the loop's thread, so in service it
+/// is behind by at most one while the loop works; 16 frames is 1.3 s).
+const FRAME_FEED: usize = 16;
 
 impl Face {
     /// A face publishing on an outlet of its own.
@@ -235,6 +324,7 @@ impl Face {
             clock,
             outlet: face_outlet(),
             slot: Slot::new("face"),
+            frames: Arc::new(Feed::new(FRAME_FEED)),
         }
     }
 
@@ -243,6 +333,7 @@ impl Face {
         FaceHandle {
             actor: ActorHandle::new(self.slot.clone()),
             outlet: Arc::clone(&self.outlet),
+            frames: Arc::clone(&self.frames),
         }
     }
 
@@ -264,13 +355,27 @@ impl Spawn for Face {
     }
 }
 
+/// One incarnation of the face: the actor's state. Dropping it (however the incarnation
+/// ends) ends its frame task.
+pub struct FaceIncarnation {
+    _task: AbortOnDrop,
+    /// Shared by the frame task and the actor's handler; both run on the loop's thread and
+    /// neither holds it across an await, so it is never waited for.
+    state: Arc<Mutex<FaceState>>,
+}
+
 pub struct FaceState {
     seq: u64,
     mouth: f32,
     mood: Mood,
     visemes: VecDeque<Viseme>,
     last: FaceFrame,
+    /// Updates published before, refilled once no socket holds them.
+    pool: Vec<Arc<FaceUpdate>>,
 }
+
+/// Longest viseme sequence kept without growing (a piece is a word or two).
+const VISEMES: usize = 64;
 
 impl Face {
     fn mouth_target(&self, rms: f32) -> f32 {
@@ -290,7 +395,7 @@ impl Face {
             state.mouth = 0.0;
         }
         if let Some(piece) = &stats.piece {
-            state.visemes = Viseme::sequence(piece).into();
+            Viseme::sequence_into(piece, &mut state.visemes);
         }
         let viseme = if state.mouth < 0.05 {
             Viseme::Rest
@@ -314,26 +419,52 @@ impl Face {
             viseme,
         };
         state.last = frame.clone();
-        self.outlet
-            .send_replace(Arc::new(FaceUpdate::new(frame, Some(stats.emitted_at))));
+        let update = pooled_update(&mut state.pool, frame, Some(stats.emitted_at));
+        self.outlet.send_replace(update);
+    }
+
+    /// The frame task of one incarnation: publish a frame for each frame stats handed over.
+    /// A panic is caught here and fails the face (its supervisor restarts it).
+    async fn run_frames(self, state: Arc<Mutex<FaceState>>, myself: ActorRef<FaceMsg>) {
+        loop {
+            let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let Ok(mut state) = state.lock() else {
+                    return;
+                };
+                while let Some(stats) = self.frames.pop() {
+                    self.on_frame(&mut state, stats);
+                    self.slot.stats().mark_handled();
+                }
+            }));
+            if let Err(panic) = drained {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                let _ = myself.cast(FaceMsg::FramesFailed(what));
+                return;
+            }
+            self.frames.pushed().await;
+        }
     }
 }
 
 impl Actor for Face {
     type Msg = FaceMsg;
-    type State = FaceState;
+    type State = FaceIncarnation;
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<FaceMsg>,
         _: (),
-    ) -> Result<FaceState, ActorProcessingErr> {
+    ) -> Result<FaceIncarnation, ActorProcessingErr> {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
         // Continue the sequence of a previous incarnation, so phones see no jump backwards.
         let last = self.outlet.borrow().frame.clone();
-        Ok(FaceState {
+        let state = Arc::new(Mutex::new(FaceState {
             seq: last.seq,
             mouth: 0.0,
             mood: Mood {
@@ -341,8 +472,15 @@ impl Actor for Face {
                 valence: last.valence,
                 arousal: last.arousal,
             },
-            visemes: VecDeque::new(),
+            visemes: VecDeque::with_capacity(VISEMES),
             last,
+            pool: Vec::with_capacity(UPDATE_POOL),
+        }));
+        // On the runtime this actor runs on (the loop's).
+        let task = tokio::spawn(self.clone().run_frames(Arc::clone(&state), myself));
+        Ok(FaceIncarnation {
+            _task: AbortOnDrop(task.abort_handle()),
+            state,
         })
     }
 
@@ -350,11 +488,16 @@ impl Actor for Face {
         &self,
         _myself: ActorRef<FaceMsg>,
         msg: FaceMsg,
-        state: &mut FaceState,
+        incarnation: &mut FaceIncarnation,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            FaceMsg::Frame(stats) => self.on_frame(state, stats),
-            FaceMsg::Mood(mood) => state.mood = mood,
+            FaceMsg::Mood(mood) => match incarnation.state.lock() {
+                Ok(mut state) => state.mood = mood,
+                Err(_) => return Err("the face's state was poisoned by a panic".into()),
+            },
+            FaceMsg::FramesFailed(what) => {
+                return Err(format!("the face's frame task panicked: {what}").into());
+            }
             #[cfg(feature = "fault-injection")]
             FaceMsg::Crash => panic!("injected fault in face"),
         }
@@ -374,6 +517,7 @@ mod tests {
             clock: TickClock::new(Instant::now(), crate::FRAME_PERIOD),
             outlet,
             slot: Slot::new("face"),
+            frames: Arc::new(Feed::new(FRAME_FEED)),
         };
         let state = FaceState {
             seq: 0,
@@ -385,6 +529,7 @@ mod tests {
             },
             visemes: VecDeque::new(),
             last: idle_frame(0, 0),
+            pool: Vec::new(),
         };
         (face, state)
     }

@@ -92,6 +92,8 @@ impl<M: Message> ActorHandle<M> {
         self.slot.stats().set_status(ActorStatus::Stopped);
     }
 
+    /// The slot itself (tests cast through it by hand).
+    #[cfg(test)]
     pub(crate) fn slot(&self) -> &Slot<M> {
         &self.slot
     }
@@ -177,31 +179,35 @@ pub(crate) use deref_to_actor_handle;
 mod tests {
     use std::time::Instant;
 
+    use crate::affect::{Affect, AffectConfig};
     use crate::clock::TickClock;
     use crate::face::{Face, FaceConfig};
     use crate::slot::CallError;
 
+    /// The affect actor answers its snapshot itself (the face's is read from what it
+    /// published, without asking it), so it shows the whole round trip.
     #[tokio::test]
     async fn an_actor_spawned_on_its_own_answers_until_stopped() {
         let clock = TickClock::new(Instant::now(), crate::FRAME_PERIOD);
-        let face = Face::spawn(FaceConfig::default(), clock, None)
+        let face = Face::new(FaceConfig::default(), clock).handle();
+        let affect = Affect::spawn(AffectConfig::default(), face, None)
             .await
-            .expect("the face starts");
-        assert!(face.is_running());
-        assert_eq!(face.name(), "face");
-        let snapshot = face.snapshot().await.expect("a running face answers");
-        assert_eq!(snapshot["published"], 0);
+            .expect("affect starts");
+        assert!(affect.is_running());
+        assert_eq!(affect.name(), "affect");
+        let snapshot = affect.snapshot().await.expect("a running actor answers");
+        assert_eq!(snapshot["events"], 0);
         assert_eq!(
-            face.stats().handled(),
+            affect.stats().handled(),
             1,
             "the snapshot request was counted"
         );
 
-        face.stop(std::time::Duration::from_secs(1)).await;
-        assert!(!face.is_running());
+        affect.stop(std::time::Duration::from_secs(1)).await;
+        assert!(!affect.is_running());
         assert!(matches!(
-            face.snapshot().await,
-            Err(CallError::NotRunning("face"))
+            affect.snapshot().await,
+            Err(CallError::NotRunning("affect"))
         ));
     }
 }

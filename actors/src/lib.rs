@@ -24,8 +24,13 @@
 //!   [`Spawn`](handle::Spawn), which starts an actor alone or under the brain.
 //! - [`ring`]: the bounded list (newest items kept, the oldest dropped and counted) behind
 //!   every actor's recent history.
+//! - [`feed`]: the preallocated single-producer queue (with a drop counter and a wake-up)
+//!   that carries the fast loop's per-tick data between its threads instead of messages.
 //! - [`clock`], [`histogram`], [`audio`]: tick deadlines, lock-free latency histograms, and
-//!   the bounded audio plumbing around the fast loop; [`realtime`]: its threads' priority.
+//!   the bounded audio plumbing around the fast loop; [`realtime`]: its threads' priority,
+//!   the host's steal time and the per-thread allocation count.
+//! - [`config_duration`]: how the config file's `_secs`/`_ms` keys become durations.
+//! - [`text`]: escaping untrusted text before it reaches a terminal or a log.
 
 pub mod affect;
 pub mod audio;
@@ -34,6 +39,7 @@ pub mod classifier;
 pub mod clock;
 pub mod config_duration;
 pub mod face;
+pub mod feed;
 pub mod handle;
 pub mod histogram;
 pub mod intent;

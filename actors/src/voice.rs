@@ -1,13 +1,22 @@
 //! `voice`: the fast loop. Every 80 ms, on an absolute deadline, it takes one frame of the
 //! user's audio, hands it to the model thread, and fans the result out: agent audio to the
 //! speakers and phones, the monologue piece to `monologue`, frame stats to `face` and
-//! `affect`. It only ever casts; it never awaits another actor, the disk or the network.
+//! `affect`. It only ever casts or pushes into a bounded feed; it never awaits another
+//! actor, the disk or the network.
 //!
 //! Overrun policy: user audio is taken in on the tick grid; the model computes as fast as
 //! it can. When the previous step is still running at a deadline, the tick counts as an
 //! overrun and its frame waits in a backlog of at most `backlog_frames` frames (then the
 //! oldest is dropped and counted), and the model catches up with back-to-back steps. So a
 //! slow model costs bounded latency, never a drifting clock or a growing queue.
+//!
+//! A tick allocates nothing in steady state and sends no actor message: the ticker and the
+//! model thread hand ticks and step results to the loop through preallocated
+//! [`Feed`]s, and the loop hands frame stats to `face` and `affect` the same way (see
+//! [`crate::feed`]). The loop's per-tick work runs in a task the actor incarnation owns (and
+//! ends with it); the actor's mailbox carries only what is not per tick (typed text, a
+//! failure of that task, and in tests a tick sent by hand). A text piece still allocates
+//! (its `Arc<str>` and the cast to `monologue`): text is rare next to ticks.
 //!
 //! Nothing outside the loop's threads can delay a tick: user audio comes through a lock-free
 //! ring, counters and status are atomics and `ArcSwap`s that readers (the API, `/metrics`)
@@ -17,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -29,17 +38,18 @@ use crate::affect::AffectHandle;
 use crate::audio::{AgentFrame, AudioInbox, EnergyVad, rms};
 use crate::clock::TickClock;
 use crate::face::FaceHandle;
+use crate::feed::{AbortOnDrop, Feed};
 use crate::handle::{ActorHandle, Spawn, SpawnError, deref_to_actor_handle};
 use crate::histogram::{LatencyHistogram, Percentiles};
 use crate::monologue::MonologueHandle;
-use crate::ports::VoiceModel;
+use crate::ports::{StepOutput, VoiceModel};
 use crate::realtime::{
     LoopAllocations, LoopThread, Priority, host_steal, loop_allocations, mark_current_thread,
     promote_current_thread, promote_model_thread,
 };
 use crate::signals::{FrameStats, TextPiece};
 use crate::slot::{CallError, Slot};
-use crate::worker::{ModelWorker, StepDone, StepRequest};
+use crate::worker::{ModelWorker, STATUS_EVERY, StepDone, StepRequest};
 use crate::{FRAME_PERIOD, FRAME_SAMPLES};
 
 /// Voice loop settings: the loop's own keys of `[voice]` in the config file (the service
@@ -126,6 +136,9 @@ pub struct VoiceMetrics {
     inbox_dropped: AtomicU64,
     /// The host's steal time when the loop started, to report the steal since.
     steal_base: OnceLock<Option<Duration>>,
+    /// A reader asked for the backend's status since the model last built one: the model
+    /// builds it (allocating) only then, at most every [`STATUS_EVERY`] steps.
+    status_wanted: AtomicBool,
 }
 
 /// `in_flight` when no step is in flight.
@@ -272,6 +285,7 @@ impl Default for VoiceMetrics {
             heard_waiting: AtomicU64::default(),
             inbox_dropped: AtomicU64::default(),
             steal_base: OnceLock::new(),
+            status_wanted: AtomicBool::new(true),
         }
     }
 }
@@ -360,6 +374,8 @@ impl VoiceMetrics {
     }
 
     pub fn report(&self, backend: &'static str, accepts_text: bool) -> VoiceReport {
+        // Ask for a fresh backend status for the next report.
+        self.status_wanted.store(true, Ordering::Relaxed);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let compute = self.compute.percentiles();
         let frame_ms = FRAME_PERIOD.as_secs_f64() * 1000.0;
@@ -402,15 +418,18 @@ impl VoiceMetrics {
     }
 }
 
-/// Messages of the voice actor.
+/// Messages of the voice actor. Ticks and step results do not come this way (they come
+/// through feeds, see the module docs).
 #[derive(Debug)]
 pub enum VoiceMsg {
-    /// Tick `n` is due (from the ticker, which sent it at `sent`).
+    /// Tick `n` is due, sent at `sent`: for tests, which tick by hand (the ticker hands its
+    /// ticks over through a feed).
     Tick { n: u64, sent: Instant },
-    /// The model thread finished a step.
-    StepDone(Box<StepDone>),
     /// The user typed `text` (heard by backends that accept text).
     Hear { text: String },
+    /// The incarnation's loop task panicked (with this message): the actor fails, so its
+    /// supervisor restarts it.
+    LoopFailed(String),
     /// Test-only: panic inside the actor.
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -491,21 +510,6 @@ impl VoiceHandle {
     pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
         Ok(self.metrics.snapshot(self.backend, self.accepts_text))
     }
-
-    /// Hand a step result to the current incarnation. Between incarnations (a restart
-    /// takes milliseconds) the model thread retries briefly rather than lose the result.
-    pub(crate) fn step_done(&self, done: StepDone) {
-        let mut msg = VoiceMsg::StepDone(Box::new(done));
-        for _ in 0..100 {
-            match self.actor.slot().try_cast(msg) {
-                Ok(()) => return,
-                Err(back) => msg = back,
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.actor.stats().count_undelivered();
-        tracing::warn!("voice step result lost: no voice actor for 500 ms");
-    }
 }
 
 /// What the voice loop is wired to: its model, its audio in and out, and the actors it
@@ -537,6 +541,9 @@ pub struct Voice {
     metrics: Arc<VoiceMetrics>,
     /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<VoiceMsg>,
+    /// Step results from the model thread. It outlives incarnations, like the thread: a
+    /// result that comes while the loop restarts waits here for the next incarnation.
+    steps: Arc<Feed<StepDone>>,
     inbox: Arc<AudioInbox>,
     audio_out: broadcast::Sender<AgentFrame>,
     monologue: MonologueHandle,
@@ -550,17 +557,24 @@ impl Voice {
     pub fn new(config: VoiceConfig, wiring: VoiceWiring) -> Result<Voice, SpawnError> {
         let slot = Slot::new("voice");
         let metrics = Arc::new(VoiceMetrics::default());
-        let deliver = VoiceHandle {
-            actor: ActorHandle::new(slot.clone()),
-            backend: wiring.model.backend(),
-            accepts_text: wiring.model.accepts_text(),
-            metrics: Arc::clone(&metrics),
+        let steps = Arc::new(Feed::new(STEP_FEED));
+        let deliver = {
+            let steps = Arc::clone(&steps);
+            let stats = Arc::clone(slot.stats());
+            move |done| {
+                if steps.push(done).is_err() {
+                    // Only if no loop took results for STEP_FEED steps (none in flight
+                    // could be sent meanwhile): counted, never waited for.
+                    stats.count_undelivered();
+                }
+            }
         };
         let setup = metrics.model_thread_setup(config.realtime_priority);
-        let worker = ModelWorker::spawn(wiring.model, setup, move |done| deliver.step_done(done))
-            .map_err(|source| SpawnError::Thread {
-            thread: "voice-model",
-            source,
+        let worker = ModelWorker::spawn(wiring.model, setup, deliver).map_err(|source| {
+            SpawnError::Thread {
+                thread: "voice-model",
+                source,
+            }
         })?;
         Ok(Voice {
             config,
@@ -568,6 +582,7 @@ impl Voice {
             worker: Arc::new(worker),
             metrics,
             slot,
+            steps,
             inbox: wiring.inbox,
             audio_out: wiring.audio_out,
             monologue: wiring.monologue,
@@ -627,9 +642,32 @@ struct UserFrame {
     intake_overhead: Duration,
 }
 
-pub struct VoiceState {
-    /// Stops the ticker when this incarnation's state is dropped, however it ends.
+/// Step results the model thread may have waiting for the loop (one is in flight at a
+/// time; the slack covers a result sent before a restart).
+const STEP_FEED: usize = 4;
+
+/// Ticks the ticker may have waiting for a busy loop; beyond it a tick is dropped and
+/// counted as missed.
+const TICK_FEED: usize = 8;
+
+/// A tick handed from the ticker to the loop: its number and when it was handed over.
+#[derive(Debug, Clone, Copy)]
+struct Tick {
+    n: u64,
+    sent: Instant,
+}
+
+/// One incarnation of the loop: the actor's state. Dropping it (however the incarnation
+/// ends) stops the ticker thread and the loop task.
+pub struct VoiceIncarnation {
     _ticker: Ticker,
+    _task: AbortOnDrop,
+    /// The loop's state, shared by the loop task and the actor's handler. Both run on the
+    /// loop's thread and neither holds it across an await, so it is never waited for.
+    state: Arc<Mutex<VoiceState>>,
+}
+
+pub struct VoiceState {
     in_flight: Option<UserFrame>,
     backlog: VecDeque<UserFrame>,
     heard: Vec<String>,
@@ -643,6 +681,10 @@ pub struct VoiceState {
     /// Agent frames sent before; one nobody holds any more is refilled instead of
     /// allocating a new one.
     agent_frames: Vec<AgentFrame>,
+    /// Output buffers for the model, handed back with each result and reused.
+    outputs: Vec<StepOutput>,
+    /// Steps submitted since the last one that asked for the backend's status.
+    steps_since_status: u64,
 }
 
 /// Most agent frames kept for reuse: more than the audio outlet and its listeners hold.
@@ -680,7 +722,7 @@ impl Drop for Ticker {
     }
 }
 
-/// Cast `Tick { n }` at each absolute deadline, from a dedicated OS thread: the kernel's
+/// Hand `Tick { n }` to the loop at each absolute deadline, from a dedicated OS thread: the kernel's
 /// sleep is precise to tens of microseconds, where an async timer rounds up to the next
 /// millisecond. A wake-up so late that whole periods passed skips those ticks and counts
 /// them as missed, so the loop never bursts to catch up.
@@ -689,7 +731,7 @@ impl Drop for Ticker {
 /// continues the grid where the last one stopped: if the most recent deadline has not been
 /// ticked yet, it fires at once, late, rather than leaving a hole of a whole period.
 fn spawn_ticker(
-    voice: ActorRef<VoiceMsg>,
+    ticks: Arc<Feed<Tick>>,
     clock: TickClock,
     metrics: Arc<VoiceMetrics>,
     realtime: bool,
@@ -734,8 +776,9 @@ fn spawn_ticker(
                 metrics
                     .wake
                     .record(awake.saturating_duration_since(deadline));
-                if voice.cast(VoiceMsg::Tick { n, sent: awake }).is_err() {
-                    return;
+                if ticks.push(Tick { n, sent: awake }).is_err() {
+                    // The loop has not taken the last TICK_FEED ticks: this one is lost.
+                    metrics.missed_ticks.fetch_add(1, Ordering::Relaxed);
                 }
                 metrics.next_tick.store(n + 1, Ordering::Relaxed);
                 let due = clock.due_at(Instant::now());
@@ -803,17 +846,36 @@ impl Voice {
         let Some(mut frame) = state.backlog.pop_front() else {
             return;
         };
+        let m = &self.metrics;
+        let want_status = state.steps_since_status >= STATUS_EVERY
+            && m.status_wanted.swap(false, Ordering::Relaxed);
         let req = StepRequest {
             tick: frame.tick,
             user: std::mem::take(&mut frame.samples),
             heard: std::mem::take(&mut state.heard),
+            out: state
+                .outputs
+                .pop()
+                .unwrap_or_else(StepRequest::output_buffer),
+            want_status,
         };
         match self.worker.try_submit(req) {
-            Ok(()) => state.in_flight = Some(frame),
+            Ok(()) => {
+                state.in_flight = Some(frame);
+                state.steps_since_status = if want_status {
+                    0
+                } else {
+                    state.steps_since_status + 1
+                };
+            }
             Err(mut req) => {
                 // The thread still holds a request from a previous incarnation: try again
                 // next tick, keeping the audio and the text.
+                if want_status {
+                    m.status_wanted.store(true, Ordering::Relaxed);
+                }
                 state.heard = std::mem::take(&mut req.heard);
+                state.outputs.push(req.out);
                 frame.samples = req.user;
                 state.backlog.push_front(frame);
                 self.metrics.overruns.fetch_add(1, Ordering::Relaxed);
@@ -821,7 +883,7 @@ impl Voice {
         }
     }
 
-    fn on_step_done(&self, state: &mut VoiceState, done: StepDone) {
+    fn on_step_done(&self, state: &mut VoiceState, mut done: StepDone) {
         let started = Instant::now();
         let m = &self.metrics;
         let frame = match state.in_flight.take() {
@@ -831,6 +893,7 @@ impl Voice {
                 state.in_flight = other;
                 m.orphan_steps.fetch_add(1, Ordering::Relaxed);
                 state.pool.push(done.user);
+                state.outputs.push(done.output);
                 return;
             }
         };
@@ -861,7 +924,13 @@ impl Voice {
             m.barge_ins.fetch_add(1, Ordering::Relaxed);
         }
 
-        let piece: Option<Arc<str>> = done.output.text.filter(|t| !t.is_empty()).map(Arc::from);
+        let piece: Option<Arc<str>> = done
+            .output
+            .text
+            .take()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        state.outputs.push(done.output);
         if let Some(text) = &piece {
             m.text_pieces.fetch_add(1, Ordering::Relaxed);
             self.monologue.text_piece(TextPiece {
@@ -904,29 +973,77 @@ impl Voice {
     }
 }
 
+impl Voice {
+    /// Handle every tick and step result waiting in the feeds, then publish. Step results
+    /// go first, so a tick that comes with the result of the step before it submits at once.
+    fn drain(&self, state: &Mutex<VoiceState>, ticks: &Feed<Tick>) {
+        let Ok(mut state) = state.lock() else {
+            return;
+        };
+        loop {
+            let mut handled = false;
+            while let Some(done) = self.steps.pop() {
+                self.on_step_done(&mut state, done);
+                self.slot.stats().mark_handled();
+                handled = true;
+            }
+            if let Some(Tick { n, sent }) = ticks.pop() {
+                self.on_tick(&mut state, n, sent);
+                self.slot.stats().mark_handled();
+                handled = true;
+            }
+            if !handled {
+                break;
+            }
+        }
+        self.publish(&state);
+    }
+
+    /// The loop task of one incarnation: wait for a tick or a step result, handle what
+    /// waits, again. A panic in the loop is caught here and fails the actor (its supervisor
+    /// restarts it); catching costs nothing until something panics.
+    async fn run_loop(
+        self,
+        state: Arc<Mutex<VoiceState>>,
+        ticks: Arc<Feed<Tick>>,
+        myself: ActorRef<VoiceMsg>,
+    ) {
+        loop {
+            let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.drain(&state, &ticks)
+            }));
+            if let Err(panic) = drained {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                let _ = myself.cast(VoiceMsg::LoopFailed(what));
+                return;
+            }
+            tokio::select! {
+                _ = ticks.pushed() => {}
+                _ = self.steps.pushed() => {}
+            }
+        }
+    }
+}
+
 impl Actor for Voice {
     type Msg = VoiceMsg;
-    type State = VoiceState;
+    type State = VoiceIncarnation;
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<VoiceMsg>,
         _: (),
-    ) -> Result<VoiceState, ActorProcessingErr> {
+    ) -> Result<VoiceIncarnation, ActorProcessingErr> {
         // This runs on the loop's thread: count its allocations (if anything counts).
         mark_current_thread(LoopThread::Loop);
-        // Registered before the first message is handled, so no step result can miss it.
         self.slot.set(myself.clone());
-        let ticker = spawn_ticker(
-            myself,
-            self.clock,
-            Arc::clone(&self.metrics),
-            self.config.realtime_priority,
-        )?;
         let hang = self.config.vad_hangover_frames;
-        Ok(VoiceState {
-            _ticker: ticker,
+        let state = Arc::new(Mutex::new(VoiceState {
             in_flight: None,
             backlog: VecDeque::with_capacity(self.config.backlog_frames + 1),
             heard: Vec::new(),
@@ -939,6 +1056,22 @@ impl Actor for Voice {
                 .map(|_| vec![0.0; FRAME_SAMPLES])
                 .collect(),
             agent_frames: Vec::with_capacity(AGENT_FRAME_POOL),
+            outputs: (0..2).map(|_| StepRequest::output_buffer()).collect(),
+            steps_since_status: 0,
+        }));
+        let ticks = Arc::new(Feed::new(TICK_FEED));
+        let ticker = spawn_ticker(
+            Arc::clone(&ticks),
+            self.clock,
+            Arc::clone(&self.metrics),
+            self.config.realtime_priority,
+        )?;
+        // On the loop's runtime, like this actor.
+        let task = tokio::spawn(self.clone().run_loop(Arc::clone(&state), ticks, myself));
+        Ok(VoiceIncarnation {
+            _ticker: ticker,
+            _task: AbortOnDrop(task.abort_handle()),
+            state,
         })
     }
 
@@ -946,11 +1079,16 @@ impl Actor for Voice {
         &self,
         _myself: ActorRef<VoiceMsg>,
         msg: VoiceMsg,
-        state: &mut VoiceState,
+        incarnation: &mut VoiceIncarnation,
     ) -> Result<(), ActorProcessingErr> {
+        if let VoiceMsg::LoopFailed(what) = msg {
+            return Err(format!("the voice loop panicked: {what}").into());
+        }
+        let Ok(mut state) = incarnation.state.lock() else {
+            return Err("the voice loop's state was poisoned by a panic".into());
+        };
         match msg {
-            VoiceMsg::Tick { n, sent } => self.on_tick(state, n, sent),
-            VoiceMsg::StepDone(done) => self.on_step_done(state, *done),
+            VoiceMsg::Tick { n, sent } => self.on_tick(&mut state, n, sent),
             VoiceMsg::Hear { text } => {
                 if state.heard.len() < MAX_HEARD {
                     state.heard.push(text);
@@ -958,10 +1096,11 @@ impl Actor for Voice {
                     tracing::warn!("typed text dropped: {MAX_HEARD} utterances already waiting");
                 }
             }
+            VoiceMsg::LoopFailed(_) => {}
             #[cfg(feature = "fault-injection")]
             VoiceMsg::Crash => panic!("injected fault in voice"),
         }
-        self.publish(state);
+        self.publish(&state);
         self.slot.stats().mark_handled();
         Ok(())
     }

@@ -1,6 +1,11 @@
 //! The voice model's own OS thread. The voice actor hands it one frame at a time through a
-//! bounded channel and gets the result back as a message; model compute never runs on the
-//! async workers, and the thread (with the loaded weights) outlives restarts of the actor.
+//! bounded channel and gets the result back through `deliver` (the voice loop's
+//! [`Feed`](crate::feed::Feed)); model compute never runs on the async workers, and the
+//! thread (with the loaded weights) outlives restarts of the actor. A step allocates
+//! nothing in steady state: the user frame and the output buffers travel back and forth
+//! with the request and its result, the model writes into them
+//! ([`VoiceModel::step_into`]), and the backend's status (a JSON value) is built only when
+//! a reader asked for it since the last one, at most about once a second.
 //! It runs at real-time priority where the OS allows (see [`crate::realtime`]): a step that
 //! waits behind a neighbour's build is an overrun.
 
@@ -12,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::ports::{FRAME_SAMPLES, StepOutput, VoiceModel};
 
-/// Ask the model for the status snapshot this often (in steps): about once a second.
-const STATUS_EVERY: u64 = 12;
+/// Build the backend's status at most this often (in steps), and only when asked: about
+/// once a second.
+pub const STATUS_EVERY: u64 = 12;
 
 /// One frame for the model.
 #[derive(Debug)]
@@ -24,6 +30,20 @@ pub struct StepRequest {
     pub user: Vec<f32>,
     /// Typed utterances to hear before stepping.
     pub heard: Vec<String>,
+    /// Where the model writes its output (buffers of an earlier step, reused).
+    pub out: StepOutput,
+    /// Build a fresh backend status with this step (someone asked for one).
+    pub want_status: bool,
+}
+
+impl StepRequest {
+    /// An output buffer for [`StepRequest::out`]: a silent frame.
+    pub fn output_buffer() -> StepOutput {
+        StepOutput {
+            agent: vec![0.0; FRAME_SAMPLES],
+            text: None,
+        }
+    }
 }
 
 /// What came back from the model thread.
@@ -134,7 +154,8 @@ impl ModelWorker {
                 let mut steps: u64 = 0;
                 let mut errors = ErrorLog::default();
                 while let Ok(Job::Step(req)) = rx.recv() {
-                    let done = run_step(model.as_mut(), req, steps % STATUS_EVERY == 0);
+                    // The first step brings the first status, so there is one to report.
+                    let done = run_step(model.as_mut(), req, steps == 0);
                     steps += 1;
                     if let Some(error) = &done.error {
                         errors.note(done.tick, error);
@@ -215,8 +236,13 @@ impl ErrorLog {
     }
 }
 
-fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool) -> StepDone {
+fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, first: bool) -> StepDone {
     let mut errors = Vec::new();
+    let mut out = std::mem::take(&mut req.out);
+    out.text = None;
+    if out.agent.len() != FRAME_SAMPLES {
+        out.agent.resize(FRAME_SAMPLES, 0.0);
+    }
     let started = Instant::now();
     // A panicking model must not take the thread (and the weights) down with it.
     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -225,11 +251,11 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool)
                 errors.push(e.to_string());
             }
         }
-        model.step(&req.user)
+        model.step_into(&req.user, &mut out)
     }));
     let compute = started.elapsed();
     let output = match result {
-        Ok(Ok(mut out)) => {
+        Ok(Ok(())) => {
             if out.agent.len() != FRAME_SAMPLES {
                 errors.push(format!(
                     "model returned {} samples instead of {FRAME_SAMPLES}; padded",
@@ -241,7 +267,7 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool)
         }
         Ok(Err(e)) => {
             errors.push(e.to_string());
-            silence()
+            silence(out)
         }
         Err(panic) => {
             let what = panic
@@ -253,10 +279,11 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool)
             if let Err(e) = model.reset() {
                 errors.push(format!("reset after panic failed: {e}"));
             }
-            silence()
+            silence(out)
         }
     };
-    let status = (want_status || !errors.is_empty()).then(|| Arc::new(model.status()));
+    let want_status = first || req.want_status || !errors.is_empty();
+    let status = want_status.then(|| Arc::new(model.status()));
     StepDone {
         tick: req.tick,
         output,
@@ -271,11 +298,12 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, want_status: bool)
     }
 }
 
-fn silence() -> StepOutput {
-    StepOutput {
-        agent: vec![0.0; FRAME_SAMPLES],
-        text: None,
-    }
+/// `out` made a silent frame (in place).
+fn silence(mut out: StepOutput) -> StepOutput {
+    out.agent.clear();
+    out.agent.resize(FRAME_SAMPLES, 0.0);
+    out.text = None;
+    out
 }
 
 #[cfg(test)]

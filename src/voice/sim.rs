@@ -359,6 +359,17 @@ impl VoiceModel for SimVoice {
     }
 
     fn step(&mut self, user: &[f32]) -> Result<StepOutput, VoiceError> {
+        let mut out = StepOutput {
+            agent: vec![0.0; FRAME_SAMPLES],
+            text: None,
+        };
+        self.step_into(user, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes into the caller's buffer: a step allocates nothing but the text of a word
+    /// that starts in it.
+    fn step_into(&mut self, user: &[f32], out: &mut StepOutput) -> Result<(), VoiceError> {
         if user.len() != FRAME_SAMPLES {
             return Err(VoiceError::Input(format!(
                 "a user frame holds {FRAME_SAMPLES} samples, got {}",
@@ -374,25 +385,29 @@ impl VoiceModel for SimVoice {
 
         let frame_start = self.clock;
         self.clock += FRAME_SAMPLES as u64;
-        let mut agent = vec![0.0; FRAME_SAMPLES];
+        out.agent.clear();
+        out.agent.resize(FRAME_SAMPLES, 0.0);
+        out.text = None;
+        let agent = &mut out.agent;
         let mut text = None;
 
         // The onset itself, not the detector's hangover, interrupts: a turn the user
         // finished a moment ago must not cut the answer to it.
         if self.speaking() && user_dbfs >= threshold {
-            self.barge_in(&mut agent, user_dbfs);
+            self.barge_in(agent, user_dbfs);
         } else {
             let offset = if self.speech.is_none() {
                 self.start_speaking(frame_start, user_active)
             } else {
                 0
             };
-            text = self.speak(&mut agent, offset);
+            text = self.speak(agent, offset);
         }
 
         self.recent_output_dbfs.rotate_left(1);
-        self.recent_output_dbfs[ECHO_FRAMES - 1] = dbfs(rms(&agent));
-        Ok(StepOutput { agent, text })
+        self.recent_output_dbfs[ECHO_FRAMES - 1] = dbfs(rms(agent));
+        out.text = text;
+        Ok(())
     }
 
     fn reset(&mut self) -> Result<(), VoiceError> {

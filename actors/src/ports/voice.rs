@@ -64,6 +64,16 @@ pub trait VoiceModel: Send + 'static {
     /// frame plus an optional inner-monologue piece.
     fn step(&mut self, user: &[f32]) -> Result<StepOutput, VoiceError>;
 
+    /// [`VoiceModel::step`] into buffers the caller owns and reuses, so a step need not
+    /// allocate: the model thread calls this one. `out.agent` comes in holding
+    /// `FRAME_SAMPLES` samples (of an earlier frame) and `out.text` empty; the model
+    /// overwrites the samples and sets the text. The default calls `step` and moves its
+    /// result in (allocating); a backend that writes in place overrides it.
+    fn step_into(&mut self, user: &[f32], out: &mut StepOutput) -> Result<(), VoiceError> {
+        *out = self.step(user)?;
+        Ok(())
+    }
+
     /// Forget the conversation and start afresh (used before a model's context runs out).
     fn reset(&mut self) -> Result<(), VoiceError>;
 

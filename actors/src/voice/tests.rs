@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
-use crate::face::FaceMsg;
 use crate::monologue::MonologueMsg;
 use crate::ports::{StepOutput, VoiceError, VoiceModel};
 use crate::slot::testing::{self, Recording};
@@ -66,7 +65,7 @@ struct Rig {
     started: Arc<AtomicUsize>,
     release: std::sync::mpsc::Sender<()>,
     face: FaceHandle,
-    frames: Recording<FaceMsg>,
+    _face: Recording<crate::face::FaceMsg>,
     _monologue: Recording<MonologueMsg>,
 }
 
@@ -103,7 +102,7 @@ async fn rig(config: VoiceConfig, script: Vec<Act>) -> Rig {
         started,
         release,
         face,
-        frames,
+        _face: frames,
         _monologue: pieces,
     }
 }
@@ -143,16 +142,10 @@ impl Rig {
         .await;
     }
 
-    /// The frame stats the face got, in order.
+    /// The frame stats handed to the face, in order (the test takes them from the face's
+    /// feed in its place).
     async fn frames(&mut self) -> Vec<FrameStats> {
-        testing::drain(self.face.slot(), &mut self.frames)
-            .await
-            .into_iter()
-            .filter_map(|m| match m {
-                FaceMsg::Frame(stats) => Some(stats),
-                _ => None,
-            })
-            .collect()
+        std::iter::from_fn(|| self.face.take_frame()).collect()
     }
 }
 

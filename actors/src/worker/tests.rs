@@ -100,6 +100,8 @@ fn request(tick: u64, level: f32) -> StepRequest {
         tick,
         user: vec![level; FRAME_SAMPLES],
         heard: Vec::new(),
+        out: StepRequest::output_buffer(),
+        want_status: false,
     }
 }
 
