@@ -437,11 +437,7 @@ impl Face {
                 }
             }));
             if let Err(panic) = drained {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = crate::handle::panic_message(&*panic);
                 let _ = myself.cast(FaceMsg::FramesFailed(what));
                 return;
             }

@@ -13,6 +13,15 @@ use ractor::{Actor, ActorCell, Message, RpcReplyPort};
 use crate::CALL_TIMEOUT;
 use crate::slot::{ActorStats, ActorStatus, CallError, Slot};
 
+/// What a caught panic said, for the error a supervisor or a log reports.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Why an actor could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {

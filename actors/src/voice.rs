@@ -1013,11 +1013,7 @@ impl Voice {
                 self.drain(&state, &ticks)
             }));
             if let Err(panic) = drained {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = crate::handle::panic_message(&*panic);
                 let _ = myself.cast(VoiceMsg::LoopFailed(what));
                 return;
             }

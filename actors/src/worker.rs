@@ -270,11 +270,7 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, first: bool) -> St
             silence(out)
         }
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = crate::handle::panic_message(&*panic);
             errors.push(format!("model panicked: {what}; state reset"));
             if let Err(e) = model.reset() {
                 errors.push(format!("reset after panic failed: {e}"));
