@@ -121,3 +121,27 @@ pub fn history(task: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Read a `creature serve` child's stderr on a thread of its own: every line goes to `log`
+/// (when given), and the URL of the banner's first line (`creature: listening on URL`) is
+/// returned as soon as it appears (panics after 30 s).
+pub fn listen_url(
+    stderr: std::process::ChildStderr,
+    log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+) -> String {
+    use std::io::{BufRead, BufReader};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("creature: listening on ") {
+                let url = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(url.to_string());
+            }
+            if let Some(log) = &log {
+                log.lock().unwrap().push(line);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("serve prints where it listens")
+}
