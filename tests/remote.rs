@@ -441,9 +441,9 @@ impl Driver {
 async fn audio_and_text_flow_both_ways_as_ogg_opus() {
     let server = TestServer::start(vec![], false).await;
     let mut s = section(&server.url());
-    s.sampling.text_seed = Some(11);
-    s.sampling.audio_seed = Some(12);
-    s.sampling.text_topk = 30;
+    s.text_seed = Some(11);
+    s.audio_seed = Some(12);
+    s.text_topk = 30;
     let mut d = Driver::new(start(&s));
 
     d.until(Duration::from_secs(8), "agent audio and text", |d| {

@@ -1,7 +1,8 @@
 //! `face`: merges the latest mouth (agent loudness), viseme, affect and speaking into one
 //! [`FaceFrame`] per voice frame and publishes it to every connected phone. Fan-out is
-//! latest-value (a `watch` channel): a slow or stalled phone simply misses frames, and
-//! nobody, least of all the voice loop, waits for it. Each frame is serialized once.
+//! latest-value (an [`Outlet`]: no lock a socket task can hold): a slow or stalled phone
+//! simply misses frames, and nobody, least of all the voice loop, waits for it. Each frame
+//! is serialized once.
 //!
 //! A frame allocates nothing in steady state: the voice loop hands its stats over through a
 //! preallocated [`Feed`] (no actor message; a ractor cast boxes it) to a task the face's
@@ -15,12 +16,12 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::audio::dbfs;
 use crate::clock::TickClock;
 use crate::feed::{AbortOnDrop, Feed};
 use crate::handle::{ActorHandle, Spawn, SpawnError, deref_to_actor_handle};
+use crate::outlet::{Outlet, OutletReader};
 use crate::signals::{Emotion, FrameStats, Mood};
 use crate::slot::{CallError, Slot};
 
@@ -176,10 +177,10 @@ fn pooled_update(
 }
 
 /// Where face frames are published; lives outside the actor so sockets survive its restarts.
-pub type FaceOutlet = Arc<watch::Sender<Arc<FaceUpdate>>>;
+pub type FaceOutlet = Outlet<FaceUpdate>;
 
 fn face_outlet() -> FaceOutlet {
-    Arc::new(watch::channel(Arc::new(FaceUpdate::new(idle_frame(0, 0), None))).0)
+    Outlet::new(Arc::new(FaceUpdate::new(idle_frame(0, 0), None)))
 }
 
 fn idle_frame(seq: u64, t_ms: u64) -> FaceFrame {
@@ -278,23 +279,23 @@ impl FaceHandle {
     /// loop's thread, which never answers HTTP. Never fails; the `Result` keeps the shape
     /// every actor's snapshot has.
     pub async fn snapshot(&self) -> Result<serde_json::Value, CallError> {
-        let last = self.outlet.borrow().frame.clone();
+        let last = self.outlet.latest().frame.clone();
         Ok(serde_json::json!({
             "last_frame": last,
             "published": last.seq,
-            "subscribers": self.outlet.receiver_count(),
+            "subscribers": self.outlet.readers(),
             "frames_dropped": self.frames.dropped(),
         }))
     }
 
     /// A receiver of face frames; it always holds the newest one.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<FaceUpdate>> {
+    pub fn subscribe(&self) -> OutletReader<FaceUpdate> {
         self.outlet.subscribe()
     }
 
     /// Phones (and other subscribers) connected right now.
     pub fn subscribers(&self) -> usize {
-        self.outlet.receiver_count()
+        self.outlet.readers()
     }
 }
 
@@ -332,7 +333,7 @@ impl Face {
     pub fn handle(&self) -> FaceHandle {
         FaceHandle {
             actor: ActorHandle::new(self.slot.clone()),
-            outlet: Arc::clone(&self.outlet),
+            outlet: self.outlet.clone(),
             frames: Arc::clone(&self.frames),
         }
     }
@@ -420,7 +421,7 @@ impl Face {
         };
         state.last = frame.clone();
         let update = pooled_update(&mut state.pool, frame, Some(stats.emitted_at));
-        self.outlet.send_replace(update);
+        self.outlet.publish(update);
     }
 
     /// The frame task of one incarnation: publish a frame for each frame stats handed over.
@@ -459,7 +460,7 @@ impl Actor for Face {
         // Registered before the first message is handled, so no reply can miss it.
         self.slot.set(myself.clone());
         // Continue the sequence of a previous incarnation, so phones see no jump backwards.
-        let last = self.outlet.borrow().frame.clone();
+        let last = self.outlet.latest().frame.clone();
         let state = Arc::new(Mutex::new(FaceState {
             seq: last.seq,
             mouth: 0.0,

@@ -44,6 +44,7 @@ pub mod handle;
 pub mod histogram;
 pub mod intent;
 pub mod monologue;
+pub mod outlet;
 pub mod ports;
 pub mod realtime;
 pub mod reasoner;

@@ -50,6 +50,13 @@ const RECENT: usize = 32;
 const CONFIRM_ATTEMPTS: u32 = 6;
 /// Pause between two such questions.
 const CONFIRM_PAUSE: Duration = Duration::from_millis(500);
+/// After a deliberation ends `unknown`, the ledger is asked again after this pause, then
+/// after twice as long each time (at most [`SETTLE_MAX_PAUSE`]), until it answers or
+/// [`SETTLE_ATTEMPTS`] questions went unanswered (about ten minutes); the record then
+/// shows what the ledger holds.
+const SETTLE_FIRST_PAUSE: Duration = Duration::from_secs(2);
+const SETTLE_MAX_PAUSE: Duration = Duration::from_secs(60);
+const SETTLE_ATTEMPTS: u32 = 14;
 
 /// How a deliberation ended.
 #[derive(Debug, Clone)]
@@ -107,6 +114,9 @@ pub enum ReasonerMsg {
         id: Option<u64>,
         reply: RpcReplyPort<usize>,
     },
+    /// The ledger answered, late, for a deliberation that ended `unknown`: the ids of the
+    /// tasks it holds for its plan (none: the plan was never filed).
+    Settled { id: u64, task_ids: Vec<String> },
     Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -294,6 +304,58 @@ impl Reasoner {
                 break;
             };
             self.start(myself, state, id, ctx);
+        }
+    }
+
+    /// Keep asking the ledger whether it holds plan `plan` of deliberation `id` (which
+    /// ended `unknown`) until it says; the answer comes back as [`ReasonerMsg::Settled`].
+    fn settle(&self, myself: &ActorRef<ReasonerMsg>, state: &mut ReasonerState, id: u64, plan: String) {
+        let tasks = self.tasks.clone();
+        let me = myself.clone();
+        state.work.spawn(async move {
+            let mut pause = SETTLE_FIRST_PAUSE;
+            for _ in 0..SETTLE_ATTEMPTS {
+                tokio::time::sleep(pause).await;
+                match tasks.plan(&plan).await {
+                    Ok(filed) => {
+                        let task_ids = filed.into_iter().map(|t| t.id).collect();
+                        let _ = me.cast(ReasonerMsg::Settled { id, task_ids });
+                        return;
+                    }
+                    Err(e) => tracing::debug!(id, %plan, error = %e, "the ledger still does not say whether it holds the plan"),
+                }
+                pause = (pause * 2).min(SETTLE_MAX_PAUSE);
+            }
+            tracing::warn!(id, %plan, "the ledger never said whether it holds the plan; its outcome stays unknown");
+        });
+    }
+
+    /// Turn deliberation `id`'s `unknown` into what the ledger holds.
+    fn settled(state: &mut ReasonerState, id: u64, task_ids: Vec<String>) {
+        let filed = !task_ids.is_empty();
+        state.unknown = state.unknown.saturating_sub(1);
+        if filed {
+            state.planned += 1;
+        } else {
+            state.failed += 1;
+        }
+        tracing::info!(id, filed, tasks = task_ids.len(), "the ledger settled an unknown deliberation");
+        if let Some(record) = state
+            .recent
+            .iter_mut()
+            .find(|r| r.id == id && r.outcome == "unknown")
+        {
+            if filed {
+                record.outcome = "planned";
+                record.error = None;
+            } else {
+                record.outcome = "failed";
+                record.error = Some(format!(
+                    "the ledger holds no task of plan {}",
+                    record.plan.as_deref().unwrap_or("?")
+                ));
+            }
+            record.tasks = task_ids;
         }
     }
 
@@ -506,6 +568,7 @@ impl Actor for Reasoner {
                             let plan = match &error {
                                 DeliberationError::Unconfirmed { plan, .. } => {
                                     state.unknown += 1;
+                                    self.settle(&myself, state, id, plan.clone());
                                     Some(plan.clone())
                                 }
                                 _ => {
@@ -580,6 +643,7 @@ impl Actor for Reasoner {
                 let _ = reply.send(n);
                 self.fill_slots(&myself, state);
             }
+            ReasonerMsg::Settled { id, task_ids } => Self::settled(state, id, task_ids),
             ReasonerMsg::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot(state));
             }

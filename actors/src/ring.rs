@@ -86,6 +86,11 @@ impl<T> Ring<T> {
     }
 
     /// The items, newest first.
+    /// Every item, oldest first, to change in place.
+    pub fn iter_mut(&mut self) -> std::collections::vec_deque::IterMut<'_, T> {
+        self.items.iter_mut()
+    }
+
     pub fn newest_first(&self) -> std::iter::Rev<std::collections::vec_deque::Iter<'_, T>> {
         self.items.iter().rev()
     }

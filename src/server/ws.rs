@@ -26,12 +26,13 @@ use axum::http::{Extensions, StatusCode};
 use axum::response::{IntoResponse, Response};
 use creature_actors::audio::{AgentFrame, AudioInbox};
 use creature_actors::face::FaceUpdate;
+use creature_actors::outlet::OutletReader;
 use creature_actors::histogram::LatencyHistogram;
 use creature_actors::{FRAME_SAMPLES, SAMPLE_RATE};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::AppState;
 use super::error::ApiError;
@@ -392,7 +393,7 @@ pub(super) async fn face(
 pub async fn face_session<Si, St, E, K>(
     mut sink: Si,
     mut stream: St,
-    mut rx: watch::Receiver<Arc<FaceUpdate>>,
+    mut rx: OutletReader<FaceUpdate>,
     latency: &LatencyHistogram,
     timing: LinkTiming,
     kick: K,
@@ -421,7 +422,7 @@ where
                         if changed.is_err() {
                             return SessionEnd::Closed(CloseReason::Shutdown);
                         }
-                        let update = rx.borrow_and_update().clone();
+                        let update = rx.borrow_and_update();
                         if !send_within(&mut sink, Message::Text((&*update.json).into()), timing.send_within).await {
                             return SessionEnd::Stalled;
                         }

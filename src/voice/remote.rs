@@ -39,7 +39,6 @@ use creature_actors::{VoiceError, VoiceModel};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use wire::SamplingParams;
 
 /// The backend's name as the API reports it.
 pub const BACKEND: &str = "moshi-remote";
@@ -51,9 +50,20 @@ pub struct RemoteConfig {
     /// The Moshi server's `/api/chat` websocket (ws:// only: this build has no TLS client),
     /// without the sampling settings.
     pub url: String,
-    /// Sampled by the server; sent in the query string, named as Kyutai's servers read them.
-    #[serde(flatten)]
-    pub sampling: SamplingParams,
+    // Sampled by the server; sent in the query string under these names (as Kyutai's
+    // servers read them). Defaults are those of Kyutai's web client. Plain keys of the
+    // section (no flattened struct), so a bad value's error names its key.
+    pub text_temperature: f64,
+    pub text_topk: u32,
+    pub audio_temperature: f64,
+    pub audio_topk: u32,
+    /// Bias against the text pad token (0 leaves it alone).
+    pub pad_mult: f32,
+    pub repetition_penalty_context: u32,
+    pub repetition_penalty: f32,
+    /// `None`: the server picks a random seed.
+    pub text_seed: Option<u64>,
+    pub audio_seed: Option<u64>,
     /// Longest wait for the socket, and then for the server's handshake.
     #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
     pub connect_timeout: Duration,
@@ -77,7 +87,15 @@ impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {
             url: "ws://127.0.0.1:8998/api/chat".into(),
-            sampling: SamplingParams::default(),
+            text_temperature: 0.7,
+            text_topk: 25,
+            audio_temperature: 0.8,
+            audio_topk: 250,
+            pad_mult: 0.0,
+            repetition_penalty_context: 64,
+            repetition_penalty: 1.0,
+            text_seed: None,
+            audio_seed: None,
             connect_timeout: Duration::from_millis(5_000),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_millis(10_000),
@@ -90,6 +108,21 @@ impl Default for RemoteConfig {
 }
 
 impl RemoteConfig {
+    /// The sampling keys, as the session URL carries them.
+    pub fn sampling(&self) -> wire::Sampling {
+        wire::Sampling {
+            text_temperature: self.text_temperature,
+            text_topk: self.text_topk,
+            audio_temperature: self.audio_temperature,
+            audio_topk: self.audio_topk,
+            pad_mult: self.pad_mult,
+            repetition_penalty_context: self.repetition_penalty_context,
+            repetition_penalty: self.repetition_penalty,
+            text_seed: self.text_seed,
+            audio_seed: self.audio_seed,
+        }
+    }
+
     /// Refuse values the remote backend cannot run with, naming the key.
     pub fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
@@ -108,11 +141,11 @@ impl RemoteConfig {
         for (key, t) in [
             (
                 "voice.remote.text_temperature",
-                self.sampling.text_temperature,
+                self.text_temperature,
             ),
             (
                 "voice.remote.audio_temperature",
-                self.sampling.audio_temperature,
+                self.audio_temperature,
             ),
         ] {
             if !(t.is_finite() && (0.0..=10.0).contains(&t)) {
@@ -120,24 +153,24 @@ impl RemoteConfig {
             }
         }
         for (key, k) in [
-            ("voice.remote.text_topk", self.sampling.text_topk),
-            ("voice.remote.audio_topk", self.sampling.audio_topk),
+            ("voice.remote.text_topk", self.text_topk),
+            ("voice.remote.audio_topk", self.audio_topk),
         ] {
             if k == 0 {
                 return invalid(key, "must be at least 1".into());
             }
         }
-        if !self.sampling.pad_mult.is_finite() {
+        if !self.pad_mult.is_finite() {
             return invalid(
                 "voice.remote.pad_mult",
-                format!("{} is not a number", self.sampling.pad_mult),
+                format!("{} is not a number", self.pad_mult),
             );
         }
-        if !(self.sampling.repetition_penalty.is_finite() && self.sampling.repetition_penalty > 0.0)
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0)
         {
             return invalid(
                 "voice.remote.repetition_penalty",
-                format!("{} is not positive", self.sampling.repetition_penalty),
+                format!("{} is not positive", self.repetition_penalty),
             );
         }
         const HOUR_MS: u128 = 3_600_000;
@@ -256,7 +289,7 @@ mod backend {
     impl RemoteVoice {
         /// Start the network thread; it connects in the background.
         pub fn start(config: RemoteConfig) -> Result<Self, VoiceError> {
-            let session_url = wire::session_url(&config.url, &config.sampling);
+            let session_url = wire::session_url(&config.url, &config.sampling());
             session_url.as_str().into_client_request().map_err(|e| {
                 VoiceError::Input(format!(
                     "voice.remote.url {:?} is not usable: {e}",
@@ -331,6 +364,17 @@ mod backend {
         }
 
         fn step(&mut self, user: &[f32]) -> Result<StepOutput, VoiceError> {
+            let mut out = StepOutput {
+                agent: vec![0.0; FRAME_SAMPLES],
+                text: None,
+            };
+            self.step_into(user, &mut out)?;
+            Ok(out)
+        }
+
+        /// Plays out into the loop's buffer. The user frame still goes up as a buffer of
+        /// its own (the network thread owns it while it encodes), one allocation a step.
+        fn step_into(&mut self, user: &[f32], out: &mut StepOutput) -> Result<(), VoiceError> {
             if user.len() != FRAME_SAMPLES {
                 return Err(VoiceError::Input(format!(
                     "a user frame holds {FRAME_SAMPLES} samples, got {}",
@@ -345,12 +389,10 @@ mod backend {
                 self.audio_in_dropped += 1;
             }
             self.collect();
-            let mut agent = vec![0.0; FRAME_SAMPLES];
-            self.playout.next_frame(&mut agent);
-            Ok(StepOutput {
-                agent,
-                text: self.playout.next_piece(),
-            })
+            out.agent.resize(FRAME_SAMPLES, 0.0);
+            self.playout.next_frame(&mut out.agent);
+            out.text = self.playout.next_piece();
+            Ok(())
         }
 
         fn reset(&mut self) -> Result<(), VoiceError> {
@@ -436,8 +478,10 @@ mod tests {
         let c: RemoteConfig = toml::from_str("text_seed = 3\nbackoff_min_ms = 250\n").unwrap();
         assert_eq!(c.backoff_min, Duration::from_millis(250));
         assert_eq!(c.backoff_max, Duration::from_secs(10));
-        assert_eq!(c.sampling.text_seed, Some(3));
-        assert_eq!(c.sampling.audio_topk, 250);
+        assert_eq!(c.text_seed, Some(3));
+        assert_eq!(c.audio_topk, 250);
+        let err = toml::from_str::<RemoteConfig>("text_temperature = \"hot\"\n").unwrap_err();
+        assert!(err.to_string().contains("text_temperature"), "{err}");
         let err = toml::from_str::<RemoteConfig>("audio_top_k = 3\n").unwrap_err();
         assert!(
             err.to_string().contains("unknown field `audio_top_k`"),

@@ -124,6 +124,20 @@ impl Loop {
         self.reasoner.snapshot().await.unwrap()
     }
 
+    /// The first snapshot (within a second of the paused clock) for which `ready` holds,
+    /// or the last one taken.
+    async fn snapshot_when(&self, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut snap = self.snapshot().await;
+        for _ in 0..100 {
+            if ready(&snap) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            snap = self.snapshot().await;
+        }
+        snap
+    }
+
     /// The questions the planner has been asked and not yet shown, once the reasoner has
     /// handled everything sent to it and its deliberations had their turn.
     async fn questions(&mut self) -> Vec<Asked> {
@@ -364,4 +378,94 @@ async fn a_plan_goes_to_the_ledger_whole_in_one_call() {
             "{msg:?}"
         );
     }
+}
+
+/// Drive one deliberation to `unknown`: its plan's filing and every question about it go
+/// unanswered. Returns the plan id.
+async fn deliberation_left_unknown(l: &mut Loop) -> String {
+    l.intent("a");
+    let asked = l.questions().await;
+    let _ = asked.into_iter().next().unwrap().answer.send(Ok(plan_of(&["cup", "plate"])));
+    let plan = match testing::next(&mut l.ledger, Duration::from_secs(1)).await {
+        TasksMsg::CreateMany { new, reply } => {
+            drop(reply);
+            new[0].plan.as_ref().unwrap().plan.clone()
+        }
+        other => panic!("expected a plan to file, got {other:?}"),
+    };
+    for _ in 0..CONFIRM_ATTEMPTS {
+        match testing::next(&mut l.ledger, Duration::from_secs(10)).await {
+            TasksMsg::Plan { plan: asked, reply } => {
+                assert_eq!(asked, plan);
+                drop(reply);
+            }
+            other => panic!("expected a question about the plan, got {other:?}"),
+        }
+    }
+    // The last unanswered question ends the deliberation.
+    let snap = l.snapshot_when(|s| s["unknown"] == 1).await;
+    assert_eq!(snap["unknown"], 1, "{snap}");
+    assert_eq!(snap["recent"][0]["outcome"], "unknown", "{snap}");
+    assert_eq!(snap["recent"][0]["plan"], plan.as_str(), "{snap}");
+    plan
+}
+
+/// Answer the next question about `plan` with `filed` tasks.
+async fn answer_plan(l: &mut Loop, plan: &str, filed: &[&str]) {
+    match testing::next(&mut l.ledger, Duration::from_secs(30)).await {
+        TasksMsg::Plan { plan: asked, reply } => {
+            assert_eq!(asked, plan);
+            let tasks = filed
+                .iter()
+                .enumerate()
+                .map(|(i, object)| {
+                    Task::new(
+                        format!("task-{}", i + 1),
+                        bring(object),
+                        TaskSource::Monologue,
+                        None,
+                    )
+                })
+                .collect();
+            let _ = reply.send(Ok(tasks));
+        }
+        other => panic!("expected a question about the plan, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_plan_becomes_planned_when_the_ledger_later_says_it_holds_it() {
+    let mut l = slow_loop(1, 10).await;
+    let plan = deliberation_left_unknown(&mut l).await;
+    // The ledger is asked again later; its first answer settles the outcome.
+    answer_plan(&mut l, &plan, &["cup", "plate"]).await;
+    let snap = l.snapshot_when(|s| s["unknown"] == 0).await;
+    assert_eq!(snap["unknown"], 0, "{snap}");
+    assert_eq!(snap["planned"], 1, "{snap}");
+    let record = &snap["recent"][0];
+    assert_eq!(record["outcome"], "planned", "{snap}");
+    assert_eq!(record["tasks"], serde_json::json!(["task-1", "task-2"]));
+    assert!(record["error"].is_null(), "{snap}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_plan_becomes_failed_when_the_ledger_later_says_it_never_filed_it() {
+    let mut l = slow_loop(1, 10).await;
+    let plan = deliberation_left_unknown(&mut l).await;
+    // Still no answer the first time; the next question is answered: nothing filed.
+    match testing::next(&mut l.ledger, Duration::from_secs(30)).await {
+        TasksMsg::Plan { reply, .. } => drop(reply),
+        other => panic!("expected a question about the plan, got {other:?}"),
+    }
+    assert_eq!(l.snapshot().await["unknown"], 1);
+    answer_plan(&mut l, &plan, &[]).await;
+    let snap = l.snapshot_when(|s| s["unknown"] == 0).await;
+    assert_eq!(snap["unknown"], 0, "{snap}");
+    assert_eq!(snap["failed"], 1, "{snap}");
+    let record = &snap["recent"][0];
+    assert_eq!(record["outcome"], "failed", "{snap}");
+    assert!(
+        record["error"].as_str().unwrap().contains(&plan),
+        "the record says which plan is not in the ledger: {snap}"
+    );
 }

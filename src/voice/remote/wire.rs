@@ -122,43 +122,24 @@ pub fn audio_message(ogg: &[u8]) -> Vec<u8> {
     message
 }
 
-/// Sampling settings for the server's model, sent in the query string; in the config file
-/// they are keys of `[voice.remote]`. The defaults are those of Kyutai's web client.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingParams {
+/// The sampling settings the server's model runs with, sent in the query string (the
+/// config's `[voice.remote]` keys of the same names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
     pub text_temperature: f64,
     pub text_topk: u32,
     pub audio_temperature: f64,
     pub audio_topk: u32,
-    /// Bias against the text pad token (0 leaves it alone).
     pub pad_mult: f32,
     pub repetition_penalty_context: u32,
     pub repetition_penalty: f32,
-    /// `None`: the server picks a random seed.
     pub text_seed: Option<u64>,
     pub audio_seed: Option<u64>,
 }
 
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            text_temperature: 0.7,
-            text_topk: 25,
-            audio_temperature: 0.8,
-            audio_topk: 250,
-            pad_mult: 0.0,
-            repetition_penalty_context: 64,
-            repetition_penalty: 1.0,
-            text_seed: None,
-            audio_seed: None,
-        }
-    }
-}
-
 /// The URL to open: `base` with the sampling settings added to its query string (after any
 /// query `base` already has, such as an auth id).
-pub fn session_url(base: &str, params: &SamplingParams) -> String {
+pub fn session_url(base: &str, params: &Sampling) -> String {
     let mut url = base.to_string();
     let mut sep = if base.contains('?') { '&' } else { '?' };
     let mut add = |name: &str, value: &dyn std::fmt::Display| {
@@ -189,8 +170,8 @@ pub fn session_url(base: &str, params: &SamplingParams) -> String {
 mod tests {
     use super::*;
 
-    fn params() -> SamplingParams {
-        SamplingParams {
+    fn params() -> Sampling {
+        Sampling {
             text_temperature: 0.7,
             text_topk: 25,
             audio_temperature: 0.8,
