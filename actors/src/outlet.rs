@@ -58,7 +58,10 @@ impl<T> Clone for Outlet<T> {
 impl<T> std::fmt::Debug for Outlet<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outlet")
-            .field("version", &self.owner.shared.version.load(Ordering::Relaxed))
+            .field(
+                "version",
+                &self.owner.shared.version.load(Ordering::Relaxed),
+            )
             .field("readers", &self.owner.shared.count.load(Ordering::Relaxed))
             .finish()
     }

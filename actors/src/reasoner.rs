@@ -116,7 +116,10 @@ pub enum ReasonerMsg {
     },
     /// The ledger answered, late, for a deliberation that ended `unknown`: the ids of the
     /// tasks it holds for its plan (none: the plan was never filed).
-    Settled { id: u64, task_ids: Vec<String> },
+    Settled {
+        id: u64,
+        task_ids: Vec<String>,
+    },
     Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -309,7 +312,13 @@ impl Reasoner {
 
     /// Keep asking the ledger whether it holds plan `plan` of deliberation `id` (which
     /// ended `unknown`) until it says; the answer comes back as [`ReasonerMsg::Settled`].
-    fn settle(&self, myself: &ActorRef<ReasonerMsg>, state: &mut ReasonerState, id: u64, plan: String) {
+    fn settle(
+        &self,
+        myself: &ActorRef<ReasonerMsg>,
+        state: &mut ReasonerState,
+        id: u64,
+        plan: String,
+    ) {
         let tasks = self.tasks.clone();
         let me = myself.clone();
         state.work.spawn(async move {
@@ -339,7 +348,12 @@ impl Reasoner {
         } else {
             state.failed += 1;
         }
-        tracing::info!(id, filed, tasks = task_ids.len(), "the ledger settled an unknown deliberation");
+        tracing::info!(
+            id,
+            filed,
+            tasks = task_ids.len(),
+            "the ledger settled an unknown deliberation"
+        );
         if let Some(record) = state
             .recent
             .iter_mut()

@@ -139,14 +139,8 @@ impl RemoteConfig {
             );
         }
         for (key, t) in [
-            (
-                "voice.remote.text_temperature",
-                self.text_temperature,
-            ),
-            (
-                "voice.remote.audio_temperature",
-                self.audio_temperature,
-            ),
+            ("voice.remote.text_temperature", self.text_temperature),
+            ("voice.remote.audio_temperature", self.audio_temperature),
         ] {
             if !(t.is_finite() && (0.0..=10.0).contains(&t)) {
                 return invalid(key, format!("{t} is outside 0..10"));
@@ -166,8 +160,7 @@ impl RemoteConfig {
                 format!("{} is not a number", self.pad_mult),
             );
         }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0)
-        {
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return invalid(
                 "voice.remote.repetition_penalty",
                 format!("{} is not positive", self.repetition_penalty),

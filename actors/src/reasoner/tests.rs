@@ -385,7 +385,12 @@ async fn a_plan_goes_to_the_ledger_whole_in_one_call() {
 async fn deliberation_left_unknown(l: &mut Loop) -> String {
     l.intent("a");
     let asked = l.questions().await;
-    let _ = asked.into_iter().next().unwrap().answer.send(Ok(plan_of(&["cup", "plate"])));
+    let _ = asked
+        .into_iter()
+        .next()
+        .unwrap()
+        .answer
+        .send(Ok(plan_of(&["cup", "plate"])));
     let plan = match testing::next(&mut l.ledger, Duration::from_secs(1)).await {
         TasksMsg::CreateMany { new, reply } => {
             drop(reply);
