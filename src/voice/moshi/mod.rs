@@ -23,6 +23,7 @@
 pub mod bench;
 mod config;
 pub mod loader;
+pub mod random;
 pub mod spm;
 pub mod tiny;
 

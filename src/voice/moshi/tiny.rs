@@ -97,7 +97,7 @@ fn transformer_json(
 
 /// `config.json` for an architecture: the LM part mirrors moshi's `lm::Config`, which
 /// can be read but not written by serde, so it is spelled out here.
-fn config_json(arch: &Architecture) -> serde_json::Value {
+pub(super) fn config_json(arch: &Architecture) -> serde_json::Value {
     let t = |c: &moshi::transformer::Config| {
         let pos = match c.positional_embedding {
             moshi::transformer::PositionalEmbedding::Rope => "Rope",
@@ -335,6 +335,14 @@ impl RandomWeights {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
+    /// Every tensor asked for, in order, with its shape.
+    pub fn shapes(&self) -> Vec<(String, Shape)> {
+        match self.inner.lock() {
+            Ok(m) => m.shapes.clone(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// How many tensors were asked for, and how many numbers they hold.
     pub fn counts(&self) -> (usize, usize) {
         match self.inner.lock() {
@@ -421,7 +429,7 @@ fn make(rng: &mut u64, name: &str, shape: &Shape) -> moshi::candle::Result<Tenso
 }
 
 /// One 64-bit step of SplitMix64.
-fn splitmix(state: &mut u64) -> u64 {
+pub(super) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -431,7 +439,7 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// `n` roughly normal numbers with standard deviation `std`: the sum of four 16-bit uniforms
 /// from one random word (Irwin-Hall), centred and scaled. Cheap enough for billions.
-fn normals(state: &mut u64, n: usize, std: f32) -> Vec<f32> {
+pub(super) fn normals(state: &mut u64, n: usize, std: f32) -> Vec<f32> {
     // The sum of 4 uniforms on 0..1 has mean 2 and variance 4/12.
     let scale = std / (4.0f32 / 12.0).sqrt() / 65_536.0;
     (0..n)
@@ -444,7 +452,7 @@ fn normals(state: &mut u64, n: usize, std: f32) -> Vec<f32> {
 }
 
 /// The value rule for a tensor, from the last part of its name.
-fn init_for(name: &str) -> Option<f32> {
+pub(super) fn init_for(name: &str) -> Option<f32> {
     let last = name.rsplit('.').next().unwrap_or(name);
     let parent = name.rsplit('.').nth(1).unwrap_or("");
     match last {
