@@ -129,8 +129,25 @@ impl MimiConfig {
         c
     }
 
-    /// Sizes the moshi crate would divide by zero on, or that break the 80 ms frame.
+    /// Sizes the moshi crate would divide by zero on, or that break the 80 ms frame, and
+    /// a codebook count other than the 8 Moshi streams.
     pub fn check(&self) -> Result<(), String> {
+        self.check_sizes()?;
+        if self.quantizer_n_q != CODEBOOKS {
+            return Err(format!(
+                "mimi.quantizer_n_q is {}; Moshi streams {CODEBOOKS} codebooks",
+                self.quantizer_n_q
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sizes the moshi crate would divide by zero on, or that break the 80 ms frame (any
+    /// codebook count: the speech-to-text models read 32).
+    pub fn check_sizes(&self) -> Result<(), String> {
+        if self.quantizer_n_q == 0 {
+            return Err("mimi.quantizer_n_q must be positive".into());
+        }
         let hop: usize = self.ratios.iter().product();
         if self.ratios.is_empty()
             || self.ratios.contains(&0)
@@ -167,14 +184,7 @@ impl MimiConfig {
             ("mimi.quantizer_bins", self.quantizer_bins),
             ("mimi.quantizer_dim", self.quantizer_dim),
         ])?;
-        heads("mimi", self.dimension, self.transformer_num_heads, 1)?;
-        if self.quantizer_n_q != CODEBOOKS {
-            return Err(format!(
-                "mimi.quantizer_n_q is {}; Moshi streams {CODEBOOKS} codebooks",
-                self.quantizer_n_q
-            ));
-        }
-        Ok(())
+        heads("mimi", self.dimension, self.transformer_num_heads, 1)
     }
 }
 
@@ -433,7 +443,7 @@ pub fn load_checkpoint(
     })
 }
 
-fn load_tokenizer(path: &Path) -> Result<SentencePieceModel, VoiceError> {
+pub(super) fn load_tokenizer(path: &Path) -> Result<SentencePieceModel, VoiceError> {
     let bytes = std::fs::read(path).map_err(|e| load_error(path, io_reason(&e)))?;
     SentencePieceModel::parse(&bytes)
         .map_err(|e| load_error(path, format!("not a SentencePiece model: {e}")))
@@ -448,7 +458,7 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// All tensors of a safetensors file, on `device` in the file's own dtype.
-fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, VoiceError> {
+pub(super) fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, VoiceError> {
     if !path.is_file() {
         return Err(load_error(path, "missing file"));
     }
@@ -473,7 +483,7 @@ fn mismatch(path: &Path, arch: &Architecture, e: moshi::candle::Error) -> VoiceE
 }
 
 /// candle errors may carry a backtrace after the message; the message is what a person needs.
-fn first_line(e: &moshi::candle::Error) -> String {
+pub(super) fn first_line(e: &moshi::candle::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 

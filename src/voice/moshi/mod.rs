@@ -25,6 +25,7 @@ mod config;
 pub mod loader;
 pub mod random;
 pub mod spm;
+pub mod stt;
 pub mod tiny;
 
 use std::path::{Path, PathBuf};
