@@ -63,6 +63,12 @@ pub struct TickBenchArgs {
     /// token on) and connect the faces over TLS, to see what TLS costs per frame.
     #[arg(long)]
     pub lan: bool,
+    /// Observer load: this many `GET /api/actors/voice` a second, during the whole run.
+    #[arg(long, default_value_t = 0)]
+    pub http_rps: u32,
+    /// Observer load: this many readers of the event stream (`GET /api/events`).
+    #[arg(long, default_value_t = 0)]
+    pub viewers: usize,
 }
 
 /// How the simulated faces reach a LAN-mode brain: TLS pinned to its certificate, and
@@ -251,6 +257,8 @@ pub struct TickBenchReport {
     pub allocations_per_tick: Option<f64>,
     /// The neighbour that ran beside the bench, if any.
     pub beside: Option<String>,
+    /// The observer load (`--http-rps`, `--viewers`), if any.
+    pub observers: Option<crate::bench_load::ObserverReport>,
     /// Voice loop emits a frame's stats -> the face message is written to a phone's socket
     /// (measured by the server, per frame and socket).
     pub face_written_ms: Percentiles,
@@ -386,6 +394,31 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
             Some(Neighbour::start(cmd)?)
         }
         None => None,
+    };
+    let observers = if args.http_rps > 0 || args.viewers > 0 {
+        eprintln!(
+            "bench: observers: {} requests/s to /api/actors/voice, {} event-stream viewers",
+            args.http_rps, args.viewers
+        );
+        let scheme = if face_tls.is_some() { "https" } else { "http" };
+        let cert_pem = match service.cert_path() {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let target = crate::bench_load::Target {
+            base: format!("{scheme}://{addr}"),
+            cert_pem,
+            token: service.access_token().map(str::to_string),
+        };
+        Some(crate::bench_load::ObserverLoad::start(
+            target,
+            args.http_rps,
+            args.viewers,
+        )?)
+    } else {
+        None
     };
     let stop = Arc::new(AtomicBool::new(false));
     let clients = run_face_clients(
@@ -535,6 +568,10 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
     let reasoner1 = brain.reasoner.snapshot().await.ok();
 
     stop.store(true, Ordering::Relaxed);
+    let observers = match observers {
+        Some(load) => Some(tokio::task::spawn_blocking(move || load.finish()).await?),
+        None => None,
+    };
     let arrivals = tokio::task::spawn_blocking(move || clients.join().unwrap_or_default()).await?;
     let _ = recorder.await;
     let _ = feeder.await;
@@ -645,6 +682,7 @@ pub async fn run_tick(args: &TickBenchArgs) -> anyhow::Result<TickBenchReport> {
         allocations,
         allocations_per_tick,
         beside: args.beside.clone(),
+        observers,
         face_written_ms: face_written,
         face_received_ms: face_latency,
         face_msgs_per_sec_min: rate_min,
@@ -710,6 +748,26 @@ fn print_report(args: &TickBenchArgs, r: &TickBenchReport) {
             a.ticker, a.voice_loop, a.model
         ),
         _ => println!("allocations       not counted (build with --features alloc-count)"),
+    }
+    if let Some(o) = &r.observers {
+        println!(
+            "observers         {:.0} snapshot requests/s of {} ({} failed, {} skipped), answered in {}",
+            o.requests_per_sec,
+            o.target_rps,
+            o.requests_failed,
+            o.requests_skipped,
+            p(&o.request_ms)
+        );
+        println!(
+            "                  {} event-stream viewers ({} connections), {} events read{}",
+            o.viewers,
+            o.viewers_connected,
+            o.events_received,
+            o.viewer_error
+                .as_deref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default()
+        );
     }
     if let Some(cmd) = &r.beside {
         println!("beside            {cmd}");
@@ -909,4 +967,271 @@ pub async fn run_intent(args: &IntentBenchArgs) -> anyhow::Result<IntentBenchRep
         latency_ms,
         budget_p99_ms: budget,
     })
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TurnBenchArgs {
+    /// The `sim` voice's reply delay for spoken turns, in ms (its measured response
+    /// latency must come out as this, within a frame).
+    #[arg(long, default_value_t = 160)]
+    pub reply_delay_ms: u64,
+    /// A Moshi checkpoint to run instead of a tiny random one written for the bench.
+    #[arg(long)]
+    pub moshi_dir: Option<PathBuf>,
+    /// A virtual clock (step as fast as the model allows) instead of real time.
+    #[arg(long)]
+    pub fast: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One piece of the bench's scripted conversation.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ScriptPiece {
+    pub seconds: f64,
+    pub speaking: bool,
+    /// What the piece is for.
+    pub what: &'static str,
+}
+
+/// The conversation `bench turn` plays: turns with pauses of known length, a barge-in
+/// timed for the `sim` voice's reply, and a turn long enough for a backchannel. Pieces are
+/// whole 80 ms frames, so every boundary falls on a frame.
+pub fn turn_script(reply_delay_ms: u64) -> Vec<ScriptPiece> {
+    let piece = |seconds: f64, speaking: bool, what: &'static str| ScriptPiece {
+        seconds,
+        speaking,
+        what,
+    };
+    // Into the reply: hangover (240 ms) + reply delay + 320 ms of the reply.
+    let barge_after = (240 + reply_delay_ms + 320) as f64 / 1000.0;
+    vec![
+        piece(0.4, false, "lead-in"),
+        piece(1.2, true, "turn 1"),
+        piece(2.4, false, "pause for the reply"),
+        piece(0.8, true, "turn 2"),
+        piece(barge_after, false, "pause, cut short"),
+        piece(0.96, true, "turn 3: barge-in 320 ms into the reply"),
+        piece(1.2, false, "pause"),
+        piece(3.2, true, "turn 4: long, room for a backchannel"),
+        piece(2.4, false, "pause for the reply"),
+        piece(0.48, true, "turn 5: short"),
+        piece(2.4, false, "tail"),
+    ]
+}
+
+/// The script as 24 kHz audio: speech is deterministic noise swelling at a syllable rate
+/// (well above every voice threshold, and louder than the creature, so it can interrupt
+/// it); pauses are digital silence.
+pub fn turn_audio(script: &[ScriptPiece]) -> Vec<f32> {
+    let rate = creature_actors::SAMPLE_RATE as f32;
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut out = Vec::new();
+    for piece in script {
+        let n = (piece.seconds * f64::from(creature_actors::SAMPLE_RATE)).round() as usize;
+        for i in 0..n {
+            out.push(if piece.speaking {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let noise = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                let swell = 0.8 + 0.2 * (std::f32::consts::TAU * 4.0 * i as f32 / rate).sin();
+                0.9 * swell * noise
+            } else {
+                0.0
+            });
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct TurnBenchReport {
+    pub script: Vec<ScriptPiece>,
+    pub reply_delay_ms: u64,
+    pub runs: Vec<crate::run::RunReport>,
+    pub budgets: Vec<Budget>,
+}
+
+/// `creature bench turn`: the scripted conversation through `sim` and a tiny Moshi, one
+/// after the other, each turn measured by the loop.
+#[allow(clippy::print_stdout)]
+pub async fn turn(args: TurnBenchArgs) -> anyhow::Result<()> {
+    let report = run_turn(&args).await?;
+    for run in &report.runs {
+        print!("{}", crate::run::turn_table(run));
+        println!();
+    }
+    print!("{}", side_by_side(&report));
+    for b in &report.budgets {
+        println!(
+            "budget  {:<40} {:<10} {:<24} {}",
+            b.what,
+            b.limit,
+            b.measured,
+            if b.pass { "PASS" } else { "FAIL" }
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn run_turn(args: &TurnBenchArgs) -> anyhow::Result<TurnBenchReport> {
+    let script = turn_script(args.reply_delay_ms);
+    let audio = turn_audio(&script);
+    let mut config = Config::default();
+    config.voice.sim.reply_delay_ms = args.reply_delay_ms;
+    let tiny = tempdir_for("moshi-tiny")?;
+    let moshi_dir = match &args.moshi_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = tiny.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::voice::moshi::tiny::write_tiny_checkpoint(&dir, 7, false)
+            })
+            .await
+            .context("the checkpoint writer died")??;
+            tiny.clone()
+        }
+    };
+    let mut runs = Vec::new();
+    for backend in [crate::config::Backend::Sim, crate::config::Backend::Moshi] {
+        let mut config = config.clone();
+        config.voice.backend = backend;
+        config.voice.moshi.dir = Some(moshi_dir.clone());
+        eprintln!(
+            "bench: {:.1} s conversation through {} ({} clock)...",
+            audio.len() as f64 / f64::from(creature_actors::SAMPLE_RATE),
+            backend.as_str(),
+            if args.fast { "virtual" } else { "real-time" }
+        );
+        runs.push(
+            crate::run::run_audio(config, &audio, args.fast)
+                .await?
+                .report,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tiny);
+    let mut budgets = Vec::new();
+    for run in &runs {
+        let own = &run.summary.own_latency_ms;
+        budgets.push(Budget {
+            what: budget_name(run.backend, false),
+            limit: "< 5 ms".into(),
+            measured: format!("{:.3} ms ({} frames)", own.p99_ms, own.count),
+            pass: own.p99_ms < 5.0 && own.count > 0,
+        });
+        // Only where something was answered: a backend that talked every turn over has
+        // no answer to time (its per-frame figure above still counts).
+        let answers: Vec<f64> = run.turns.iter().filter_map(|t| t.own_ms).collect();
+        if let Some(worst) = answers.iter().copied().reduce(f64::max) {
+            budgets.push(Budget {
+                what: budget_name(run.backend, true),
+                limit: "< 5 ms".into(),
+                measured: format!("max {worst:.3} ms ({} answers)", answers.len()),
+                pass: worst < 5.0,
+            });
+        }
+    }
+    if let Some(sim) = runs.first() {
+        let delay = args.reply_delay_ms as f64;
+        let off = sim
+            .turns
+            .iter()
+            .filter_map(|t| t.response_ms)
+            .map(|r| (r - delay).abs())
+            .fold(0.0f64, f64::max);
+        budgets.push(Budget {
+            what: "sim: response latency = reply delay",
+            limit: "within 80 ms".into(),
+            measured: format!("off by at most {off:.0} ms"),
+            pass: off <= 80.0 && sim.turns.iter().any(|t| t.response_ms.is_some()),
+        });
+        let reaction = sim
+            .turns
+            .iter()
+            .filter_map(|t| t.barge_in_reaction_ms)
+            .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r))));
+        budgets.push(Budget {
+            what: "sim: barge-in reaction",
+            limit: "<= 80 ms + 240 ms hangover".into(),
+            measured: reaction.map_or_else(|| "no barge-in".into(), |r| format!("{r:.0} ms")),
+            pass: reaction.is_some_and(|r| r <= 320.0),
+        });
+    }
+    Ok(TurnBenchReport {
+        script,
+        reply_delay_ms: args.reply_delay_ms,
+        runs,
+        budgets,
+    })
+}
+
+/// The own-latency budgets' names, per backend of the bench.
+fn budget_name(backend: &str, per_answer: bool) -> &'static str {
+    match (backend, per_answer) {
+        ("sim", false) => "sim: own latency per frame p99",
+        ("sim", true) => "sim: own latency of each answer",
+        (_, false) => "moshi: own latency per frame p99",
+        (_, true) => "moshi: own latency of each answer",
+    }
+}
+
+fn tempdir_for(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("creature-bench-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Each user turn, the backends side by side: response latency, the gap it makes
+/// ("mouth closes -> voice starts" = hangover + response), its own latency, and the
+/// barge-in reaction.
+fn side_by_side(report: &TurnBenchReport) -> String {
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+    let mut out = String::from("turn  start (s)");
+    for run in &report.runs {
+        out.push_str(&format!(
+            "  | {:<6} response  gap  own (ms)  reaction  outcome    ",
+            run.backend
+        ));
+    }
+    out.push('\n');
+    let frame_s = creature_actors::FRAME_PERIOD.as_secs_f64();
+    let longest = report.runs.iter().map(|r| r.turns.len()).max().unwrap_or(0);
+    for i in 0..longest {
+        let start = report.runs.iter().find_map(|r| {
+            r.turns
+                .get(i)
+                .map(|t| t.user_start_tick.saturating_sub(r.first_tick) as f64 * frame_s)
+        });
+        out.push_str(&format!(
+            "{:>4}  {:>9}",
+            i + 1,
+            start.map_or_else(|| "-".into(), |s| format!("{s:.2}"))
+        ));
+        for run in &report.runs {
+            match run.turns.get(i) {
+                Some(t) => out.push_str(&format!(
+                    "  | {:<6} {:>8}  {:>4}  {:>8}  {:>8}  {:<11}",
+                    "",
+                    cell(t.response_ms),
+                    cell(t.gap_ms),
+                    t.own_ms.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+                    cell(t.barge_in_reaction_ms),
+                    match t.outcome {
+                        creature_actors::turns::TurnOutcome::Answered => "answered",
+                        creature_actors::turns::TurnOutcome::NoAnswer => "no answer",
+                        creature_actors::turns::TurnOutcome::TalkedOver => "talked over",
+                    }
+                )),
+                None => out.push_str(&format!("  | {:<6} {:>8}", "", "(none)")),
+            }
+        }
+        out.push('\n');
+    }
+    out
 }

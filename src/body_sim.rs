@@ -48,13 +48,21 @@ const UNREACHABLE: &[&str] = &[
     "sun", "moon", "stars", "star", "sky", "horizon", "rainbow", "cloud", "clouds",
 ];
 
-/// How long each action takes at speed 1.
+/// How long each action takes at speed 1: a glance is quick, switching a device is a reach
+/// and a press, a throw a swing, a pour slow so nothing spills, going somewhere and
+/// fetching something mean travel, and cleaning is the longest job.
 fn duration_of(action: Action) -> Duration {
     Duration::from_millis(match action {
-        Action::Bring => 6_000,
-        Action::PickUp | Action::Give => 3_000,
-        Action::Place | Action::Move => 4_000,
+        Action::LookAt => 1_000,
+        Action::SwitchOn | Action::SwitchOff => 1_500,
         Action::PutDown | Action::Open | Action::Close => 2_000,
+        Action::Throw => 2_500,
+        Action::PickUp | Action::Give | Action::Pull | Action::Push => 3_000,
+        Action::Place | Action::Move => 4_000,
+        Action::Pour => 4_500,
+        Action::GoTo => 5_000,
+        Action::Bring => 6_000,
+        Action::Clean => 8_000,
     })
 }
 
@@ -68,6 +76,34 @@ fn past_tense(action: Action) -> &'static str {
         Action::Move => "moved",
         Action::Open => "opened",
         Action::Close => "closed",
+        Action::SwitchOn => "switched on",
+        Action::SwitchOff => "switched off",
+        Action::GoTo => "went to",
+        Action::Pour => "poured",
+        Action::Clean => "cleaned",
+        Action::Throw => "threw",
+        Action::LookAt => "looked at",
+        Action::Pull => "pulled",
+        Action::Push => "pushed",
+    }
+}
+
+/// What the body says it is doing once it starts.
+fn running_detail(task: &PhysicalTask) -> String {
+    match (task.action, task.destination.as_deref()) {
+        (Action::GoTo, Some(place)) => format!("heading to the {place}"),
+        (Action::LookAt, _) => format!("turning towards the {}", task.object),
+        (Action::Pour, Some(into)) => format!("pouring the {} into the {into}", task.object),
+        _ => format!("going for the {}", task.object),
+    }
+}
+
+/// What the body says when it is done.
+fn done_detail(task: &PhysicalTask) -> String {
+    match (task.action, task.destination.as_deref()) {
+        (Action::GoTo, Some(place)) => format!("went to the {place}"),
+        (Action::Pour, Some(into)) => format!("poured the {} into the {into}", task.object),
+        (action, _) => format!("{} the {}", past_tense(action), task.object),
     }
 }
 
@@ -298,11 +334,7 @@ async fn carry_out(
         return;
     }
     tokio::time::sleep(scaled(Duration::from_millis(200))).await;
-    if report(
-        BodyState::Running,
-        Some(format!("going for the {}", task.object)),
-        Some(0.0),
-    ) {
+    if report(BodyState::Running, Some(running_detail(&task)), Some(0.0)) {
         return;
     }
     let total = scaled(duration_of(task.action));
@@ -324,8 +356,60 @@ async fn carry_out(
         }
     }
     tokio::time::sleep(total / steps).await;
-    let done = format!("{} the {}", past_tense(task.action), task.object);
+    let done = done_detail(&task);
     if !report(BodyState::Succeeded, Some(done.clone()), Some(1.0)) {
         say(&format!("{id}: {done}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(action: Action, object: &str, destination: Option<&str>) -> PhysicalTask {
+        PhysicalTask {
+            action,
+            object: object.into(),
+            destination: destination.map(str::to_string),
+            utterance: String::new(),
+            confidence: 0.9,
+        }
+    }
+
+    #[test]
+    fn every_action_takes_a_believable_time() {
+        for action in Action::ALL {
+            let d = duration_of(action);
+            assert!(
+                (Duration::from_millis(500)..=Duration::from_secs(10)).contains(&d),
+                "{action:?} takes {d:?}"
+            );
+            assert!(!past_tense(action).is_empty());
+        }
+        // A glance is the quickest thing a body does; cleaning the longest.
+        assert!(
+            Action::ALL
+                .iter()
+                .all(|&a| duration_of(a) >= duration_of(Action::LookAt))
+        );
+        assert!(
+            Action::ALL
+                .iter()
+                .all(|&a| duration_of(a) <= duration_of(Action::Clean))
+        );
+        assert!(duration_of(Action::SwitchOn) < duration_of(Action::GoTo));
+        assert!(duration_of(Action::Throw) < duration_of(Action::Pour));
+    }
+
+    #[test]
+    fn reports_name_the_place_and_the_container() {
+        let go = task(Action::GoTo, "garage", Some("garage"));
+        assert_eq!(running_detail(&go), "heading to the garage");
+        assert_eq!(done_detail(&go), "went to the garage");
+        let pour = task(Action::Pour, "milk", Some("glass"));
+        assert_eq!(done_detail(&pour), "poured the milk into the glass");
+        let on = task(Action::SwitchOn, "heater", None);
+        assert_eq!(done_detail(&on), "switched on the heater");
+        assert_eq!(running_detail(&on), "going for the heater");
     }
 }

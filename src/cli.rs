@@ -33,8 +33,18 @@ pub struct Cli {
 enum Command {
     /// Run the brain and its API.
     Serve(ServeArgs),
-    /// List the actors of a running brain.
+    /// Print the supervision tree of a running brain: each actor's status, restarts,
+    /// messages per second, mailbox now/peak, message latency p99 and uptime.
     Actors(ClientArgs),
+    /// Watch a running brain live in the terminal (the tree, the loop's figures, the last
+    /// restarts, phrases and tasks); `q` quits.
+    Top {
+        /// Print one frame to stdout and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the state of a running brain: the voice loop, affect, tasks.
     State(ClientArgs),
     /// List the tasks of a running brain, newest first.
@@ -82,6 +92,9 @@ enum Command {
     Pair(ClientArgs),
     /// A reference robot body: connects to a brain's /ws/body and carries out its tasks.
     BodySim(crate::body_sim::BodySimArgs),
+    /// Drive the whole brain from a WAV file of the user's side (`--in`), write the agent's
+    /// side sample-aligned (`--out`), and print each turn's timing.
+    Run(crate::run::RunArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -103,7 +116,34 @@ enum MoshiCommand {
         /// Write the LM 8-bit quantized as model.q8.gguf instead of model.safetensors.
         #[arg(long)]
         q8: bool,
+        /// Which model: Moshi itself, or Kyutai's streaming speech-to-text (`stt`, in the
+        /// layout of their stt-1b-en_fr release).
+        #[arg(long, value_enum, default_value = "moshi")]
+        kind: TinyKind,
     },
+    /// Write a random-weight checkpoint of a real size (bf16 LM, Kyutai's layout), tensor
+    /// by tensor on every core, to run the real-size loop without the published weights:
+    /// `creature moshi random --size v0.1 /data/m` (about 15.7 GB).
+    Random {
+        /// Directory to write (created if needed; existing files are replaced).
+        dir: PathBuf,
+        /// Which architecture.
+        #[arg(long, value_enum, default_value = "v0.1")]
+        size: crate::voice::moshi::random::RandomSize,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Cores making the values (0: all).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+/// The models `creature moshi tiny` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TinyKind {
+    Moshi,
+    Stt,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +206,9 @@ enum BenchCommand {
     Tick(crate::bench::TickBenchArgs),
     /// From the text piece that completes a commitment to the tool call on the body's socket.
     Intent(crate::bench::IntentBenchArgs),
+    /// A scripted conversation through `sim` and a tiny Moshi: per-turn response latency,
+    /// barge-in reaction, and the brain's own latency, side by side.
+    Turn(crate::bench::TurnBenchArgs),
     /// Mimi encode + decode of one 80 ms frame, random weights (full size by default).
     Mimi(crate::voice::moshi::bench::MimiBenchArgs),
     /// One multistream Moshi LM step, random weights (`--config tiny|v0.1`).
@@ -200,6 +243,22 @@ fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    #[cfg(feature = "console")]
+    {
+        // tokio-console's layer sees every task (it needs tokio's instrumentation, on with
+        // RUSTFLAGS="--cfg tokio_unstable"); the log keeps its own filter.
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_filter(filter);
+        let _ = tracing_subscriber::registry()
+            .with(console_subscriber::spawn())
+            .with(log)
+            .try_init();
+    }
+    #[cfg(not(feature = "console"))]
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -211,6 +270,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Actors(c) => actors(&Client::new(&c)?).await,
+        Command::Top { once, client } => {
+            // The stream lives as long as the view: no whole-request timeout.
+            let c = Client::with_timeout(&client, None)?;
+            if once {
+                crate::top::once(c.http, &c.base).await
+            } else {
+                crate::top::live(c.http, &c.base).await
+            }
+        }
         Command::State(c) => state(&Client::new(&c)?).await,
         Command::Tasks {
             limit,
@@ -234,15 +302,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Pair(c) => pair(&Client::new(&c)?).await,
         Command::BodySim(args) => crate::body_sim::run(args).await,
+        Command::Run(args) => crate::run::run(args).await,
         Command::Bench(BenchCommand::Tick(args)) => crate::bench::tick(args).await,
         Command::Bench(BenchCommand::Intent(args)) => crate::bench::intent(args).await,
+        Command::Bench(BenchCommand::Turn(args)) => crate::bench::turn(args).await,
         Command::Bench(BenchCommand::Mimi(args)) => {
             blocking(move || crate::voice::moshi::bench::mimi(args)).await
         }
         Command::Bench(BenchCommand::Lm(args)) => {
             blocking(move || crate::voice::moshi::bench::lm(args)).await
         }
-        Command::Moshi(MoshiCommand::Tiny { dir, seed, q8 }) => moshi_tiny(&dir, seed, q8),
+        Command::Moshi(MoshiCommand::Tiny {
+            dir,
+            seed,
+            q8,
+            kind: TinyKind::Moshi,
+        }) => moshi_tiny(&dir, seed, q8),
+        Command::Moshi(MoshiCommand::Tiny {
+            dir,
+            seed,
+            q8,
+            kind: TinyKind::Stt,
+        }) => stt_tiny(&dir, seed, q8),
+        Command::Moshi(MoshiCommand::Random {
+            dir,
+            size,
+            seed,
+            threads,
+        }) => moshi_random(&dir, size, seed, threads),
     }
 }
 
@@ -372,6 +459,68 @@ async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> an
         .context("the benchmark thread failed")?
 }
 
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn moshi_random(
+    dir: &std::path::Path,
+    size: crate::voice::moshi::random::RandomSize,
+    seed: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    use crate::voice::moshi::random::{Progress, write_random_checkpoint};
+    let gb = |b: u64| b as f64 / 1e9;
+    let mut shown = 0u64;
+    let report = write_random_checkpoint(dir, size, seed, threads, |p: Progress| {
+        // A line every 5 % of a real size (which takes a minute or more).
+        let large = p.total >= 1_000_000_000;
+        if large && (p.written == p.total || p.written >= shown + p.total / 20) {
+            shown = p.written;
+            eprintln!(
+                "moshi random: {:.2} of {:.2} GB ({:.0} %)",
+                gb(p.written),
+                gb(p.total),
+                100.0 * p.written as f64 / p.total.max(1) as f64
+            );
+        }
+    })?;
+    println!(
+        "random Moshi written to {} in {:.1} s (LM {} tensors, {:.3} B parameters in bf16; Mimi {} tensors, {:.1} M parameters; {} text pieces)",
+        dir.display(),
+        report.took.as_secs_f64(),
+        report.lm_tensors,
+        report.lm_parameters as f64 / 1e9,
+        report.mimi_tensors,
+        report.mimi_parameters as f64 / 1e6,
+        report.text_vocab
+    );
+    for (path, size) in &report.files {
+        println!("  {:>12} bytes  {}", size, path.display());
+    }
+    match size {
+        crate::voice::moshi::random::RandomSize::Tiny => println!(
+            "run it with:  creature serve --voice moshi --moshi-dir {}",
+            dir.display()
+        ),
+        crate::voice::moshi::random::RandomSize::V0_1 => println!(
+            "run it (a --features cuda build, [voice.moshi] device = \"cuda\", dtype = \"bf16\"):  creature serve --voice moshi --moshi-dir {}",
+            dir.display()
+        ),
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn stt_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> {
+    if q8 {
+        anyhow::bail!("--q8 is for Moshi's LM; the speech-to-text checkpoint is written in f32");
+    }
+    let files = crate::voice::moshi::stt::write_tiny_stt(dir, seed)?;
+    println!("tiny speech-to-text model written to {}", dir.display());
+    for (path, size) in &files {
+        println!("  {:>10} bytes  {}", size, path.display());
+    }
+    Ok(())
+}
+
 #[allow(clippy::print_stdout)]
 fn moshi_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> {
     let report = crate::voice::moshi::tiny::write_tiny_checkpoint(dir, seed, q8)?;
@@ -433,12 +582,20 @@ struct Client {
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        Client::with_timeout(args, Some(Duration::from_secs(10)))
+    }
+
+    /// A client whose requests give up after `timeout` (`None`: a stream, never).
+    fn with_timeout(args: &ClientArgs, timeout: Option<Duration>) -> anyhow::Result<Client> {
         let base = args.url.trim_end_matches('/').to_string();
         let token = match &args.token {
             Some(token) => Some(token.trim().to_string()),
             None => read_token_file(&args.data_dir)?,
         };
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
         if let Some(token) = token.filter(|t| !t.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
                 .context("the access token has characters a header cannot carry")?;
@@ -588,38 +745,14 @@ fn duration(ms: u64) -> String {
 #[allow(clippy::print_stdout)]
 async fn actors(client: &Client) -> anyhow::Result<()> {
     let list = client.get("/api/actors").await?;
-    let rows: Vec<Vec<String>> = list
+    let rows: Vec<crate::top::ActorRow> = list
         .as_array()
         .map(|a| a.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|a| {
-            vec![
-                text(&a["name"]),
-                text(&a["status"]),
-                text(&a["restarts"]),
-                text(&a["handled"]),
-                text(&a["mailbox"]),
-                duration(a["uptime_ms"].as_u64().unwrap_or(0)),
-                text(&a["last_error"]),
-            ]
-        })
+        .map(crate::top::ActorRow::from_api)
         .collect();
-    println!(
-        "{}",
-        table(
-            &[
-                "ACTOR",
-                "STATUS",
-                "RESTARTS",
-                "HANDLED",
-                "MAILBOX",
-                "UPTIME",
-                "LAST ERROR"
-            ],
-            &rows
-        )
-    );
+    println!("{}", crate::top::tree_lines(&rows).join("\n"));
     Ok(())
 }
 
@@ -661,6 +794,19 @@ async fn state(client: &Client) -> anyhow::Result<()> {
         vec![
             "loop overhead".into(),
             format!("p99 {}", ms(&v["overhead_ms"]["p99_ms"])),
+        ],
+        vec![
+            "turns".into(),
+            format!(
+                "{} ({} answered, {} no answer, {} talked over); response p50 {}; barge-in reaction p50 {}; own latency p99 {}",
+                text(&v["turns"]["count"]),
+                text(&v["turns"]["answered"]),
+                text(&v["turns"]["no_answer"]),
+                text(&v["turns"]["talked_over"]),
+                ms(&v["turns"]["response_ms"]["p50_ms"]),
+                ms(&v["turns"]["barge_in_reaction_ms"]["p50_ms"]),
+                ms(&v["turns"]["own_latency_ms"]["p99_ms"])
+            ),
         ],
         vec![
             "speaking".into(),

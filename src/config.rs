@@ -1,11 +1,11 @@
 //! The service's one configuration file (`config/creature.toml` documents every key).
 //! Each section is the config struct of what it sets: an actor's (`[voice]`'s loop keys,
-//! `[monologue]`, `[reasoner]`'s, `[affect]`, `[face]`, `[tasks]`, `[brain]`) or a voice
-//! backend's and the planner's (`[voice.sim]`, `[voice.moshi]`, `[voice.remote]`,
-//! `[reasoner.llm]`, which keep their checks beside their code); each default is written
-//! once, in that struct's `Default`. The file overrides the defaults; command-line flags
-//! override both. Unknown keys are an error that names the key, so a typo never silently
-//! does nothing.
+//! `[monologue]`, `[reasoner]`'s, `[affect]`, `[face]`, `[tasks]`, `[brain]`, the event
+//! stream's `[inspect]`) or a voice backend's and the planner's (`[voice.sim]`,
+//! `[voice.moshi]`, `[voice.remote]`, `[reasoner.llm]`, which keep their checks beside
+//! their code); each default is written once, in that struct's `Default`. The file
+//! overrides the defaults; command-line flags override both. Unknown keys are an error that
+//! names the key, so a typo never silently does nothing.
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use creature_actors::affect::AffectConfig;
+use creature_actors::events::InspectConfig;
 use creature_actors::face::FaceConfig;
 use creature_actors::monologue::MonologueConfig;
 use creature_actors::reasoner::ReasonerConfig;
@@ -58,6 +59,8 @@ pub struct Config {
     pub audio: AudioSection,
     pub body: BodySection,
     pub tasks: TasksConfig,
+    /// The event stream and the inspector's operator tools.
+    pub inspect: InspectConfig,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             audio: AudioSection::default(),
             body: BodySection::default(),
             tasks: TasksConfig::default(),
+            inspect: InspectConfig::default(),
         }
     }
 }
@@ -470,6 +474,7 @@ impl Config {
             reasoner: self.reasoner.actor.clone(),
             affect: self.affect.clone(),
             face: self.face.clone(),
+            inspect: self.inspect.clone(),
             ..BrainConfig::default()
         })
     }
@@ -625,9 +630,9 @@ mod tests {
     fn remote_keys_parse_and_bad_values_name_the_key() {
         let c = parse("[voice.remote]\nurl = \"ws://gpu:8998/api/chat\"\ntext_seed = 5\nbackoff_max_ms = 2000\n").unwrap();
         assert_eq!(c.voice.remote.url, "ws://gpu:8998/api/chat");
-        assert_eq!(c.voice.remote.sampling.text_seed, Some(5));
-        assert_eq!(c.voice.remote.sampling.audio_seed, None);
-        assert_eq!(c.voice.remote.sampling.audio_topk, 250);
+        assert_eq!(c.voice.remote.text_seed, Some(5));
+        assert_eq!(c.voice.remote.audio_seed, None);
+        assert_eq!(c.voice.remote.audio_topk, 250);
         assert_eq!(c.voice.remote.backoff_max, Duration::from_secs(2));
         c.brain_config().unwrap();
         let err = parse("[voice.remote]\ntopk = 3\n").unwrap_err();
@@ -649,7 +654,7 @@ mod tests {
             "voice.remote.connect_timeout_ms",
         );
         bad(
-            |r| r.sampling.text_temperature = f64::NAN,
+            |r| r.text_temperature = f64::NAN,
             "voice.remote.text_temperature",
         );
         bad(|r| r.prefill_frames = 9, "voice.remote.prefill_frames");

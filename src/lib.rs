@@ -19,22 +19,30 @@
 //! - [`pairing`]: LAN mode's TLS certificate, the phone URL and its QR code.
 //! - [`cli`]: `creature serve`, the client commands, and `creature bench`.
 //! - [`bench`]: the fast-loop benchmark.
+//! - [`run`]: `creature run`, the whole brain driven from a WAV file, turn by turn.
+//! - [`wav`]: reading WAV files (PCM 16/24/32, float) as 24 kHz mono, writing PCM 16.
+//! - [`top`]: `creature top`, the terminal view fed by the event stream, and the actor
+//!   tree `creature actors` prints.
 //! - [`body_sim`]: `creature body-sim`, a reference robot body for demos and tests.
 //! - `audio_device` (feature `audio-device`): the local microphone and speaker via cpal.
 
 #[cfg(feature = "audio-device")]
 pub mod audio_device;
 pub mod bench;
+pub mod bench_load;
 pub mod body_sim;
 pub mod cli;
 pub mod config;
 pub mod pairing;
 pub mod planner_llm;
+pub mod run;
 pub mod schemas;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod top;
 pub mod voice;
+pub mod wav;
 
 pub use config::Config;
 pub use service::Service;

@@ -277,6 +277,11 @@ pub fn tool_definition() -> Result<FunctionObject, LlmPlannerError> {
     }
     fields.remove("$schema");
     fields.remove("$id");
+    // The per-action argument rules (`allOf` of if/then) stay out of the tool: several
+    // providers refuse composition keywords at the top of function parameters. The rules
+    // are written in the action and destination descriptions the model reads, and every
+    // call the model makes is still checked against the whole schema, rules included.
+    fields.remove("allOf");
     let description = match fields.remove("description") {
         Some(Value::String(text)) => Some(text),
         _ => None,
@@ -595,6 +600,29 @@ mod tests {
             "property descriptions kept"
         );
         assert_eq!(params["required"], schema["required"]);
+        assert!(
+            params.get("allOf").is_none(),
+            "argument rules stay out of the tool"
+        );
+        assert!(
+            schema.get("allOf").is_some(),
+            "the schema itself keeps them"
+        );
+        let actions = params["properties"]["action"]["enum"].as_array().unwrap();
+        assert_eq!(actions.len(), Action::ALL.len());
+        for action in Action::ALL {
+            assert!(
+                actions.contains(&Value::from(action.as_str())),
+                "{action:?}"
+            );
+        }
+        let said = params["properties"]["action"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(
+            said.contains("go_to (go somewhere; needs destination"),
+            "{said}"
+        );
     }
 
     #[test]
@@ -696,6 +724,31 @@ mod tests {
             err.contains("greater than the maximum of 1") && err.contains("fly"),
             "{err}"
         );
+        // The per-action argument rules hold for what an LLM sends.
+        let ok = planner
+            .read_call(
+                1,
+                call(
+                    TOOL_NAME,
+                    r#"{"action":"go_to","object":"garage","destination":"garage","utterance":"u","confidence":0.8}"#,
+                ),
+            )
+            .unwrap();
+        assert_eq!(ok.action, Action::GoTo);
+        for bad in [
+            r#"{"action":"go_to","object":"garage","utterance":"u","confidence":0.8}"#,
+            r#"{"action":"pour","object":"milk","utterance":"u","confidence":0.8}"#,
+            r#"{"action":"switch_on","object":"heater","destination":"wall","utterance":"u","confidence":0.8}"#,
+        ] {
+            let err = planner
+                .read_call(1, call(TOOL_NAME, bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("rejected") && err.contains("destination"),
+                "{bad}: {err}"
+            );
+        }
         let err = planner
             .read_call(1, call(TOOL_NAME, "{action: bring"))
             .unwrap_err()

@@ -35,6 +35,10 @@ pub const SCHEMAS: &[(&str, &str)] = &[
         include_str!("../schemas/error.schema.json"),
     ),
     (
+        "event.schema.json",
+        include_str!("../schemas/event.schema.json"),
+    ),
+    (
         "face_frame.schema.json",
         include_str!("../schemas/face_frame.schema.json"),
     ),

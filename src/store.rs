@@ -299,6 +299,7 @@ mod tests {
 
     fn new(object: &str) -> NewTask {
         NewTask {
+            intent_at: None,
             arguments: PhysicalTask {
                 action: Action::PickUp,
                 object: object.into(),

@@ -118,11 +118,23 @@ async fn the_client_commands_print_readable_tables() {
         "affect",
         "face",
     ] {
+        // The tree: the root, then each child under it (`├─ voice`, `└─ face`).
         let line = text
             .lines()
-            .find(|l| l.starts_with(name))
+            .find(|l| {
+                l.trim_start_matches(['├', '└', '─', ' '])
+                    .split_whitespace()
+                    .next()
+                    == Some(name)
+            })
             .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
         assert!(line.contains("running"), "{line}");
+        if name != "brain" {
+            assert!(
+                line.starts_with('├') || line.starts_with('└'),
+                "a child: {line}"
+            );
+        }
     }
 
     let out = cli(&["task", "bring me the cup"], &url);

@@ -69,6 +69,12 @@ fn routes() -> Vec<Route> {
         ws(get("/ws/body", "/ws/body")),
         get("/api/actors", "/api/actors"),
         get("/api/actors/{name}", "/api/actors/voice"),
+        post(
+            "/api/actors/{name}/fail",
+            "/api/actors/tasks/fail",
+            json!({}),
+        ),
+        get("/api/events", "/api/events"),
         get("/api/state", "/api/state"),
         get("/api/pair", "/api/pair"),
         get("/api/tasks", "/api/tasks"),
@@ -235,6 +241,14 @@ impl Api {
                 .parse()
                 .unwrap();
             assert!(retry >= 1, "{what}: Retry-After {retry}");
+        }
+        // The event stream never ends: its status and headers are the answer.
+        let streaming = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streaming {
+            return (status, Value::Null);
         }
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

@@ -16,7 +16,7 @@ use crate::face::FaceHandle;
 use crate::feed::{AbortOnDrop, Feed};
 use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
 use crate::ring::Ring;
-use crate::signals::{AffectEvent, Emotion, FrameStats, Mood};
+use crate::signals::{AffectEvent, Emotion, FrameStats, Mood, WordCue};
 use crate::slot::Slot;
 
 /// The response to an event: a label, a target point, how long to hold it, and a priority
@@ -54,6 +54,27 @@ fn response(event: AffectEvent) -> Response {
     }
 }
 
+/// The response to a feeling in the creature's own words: the cue's label, at a point on
+/// the way from rest to the label's preset (60 % of the way for the weakest cue, all of it
+/// for the strongest), held 3 s. Priority 3 lets words override the cheer of speaking (1)
+/// and a barge-in (2), ties with a spotted intent or a started task (the later one wins;
+/// the watcher casts the cue after the intent, so the words show), and yields to a task's
+/// outcome (4). A calm cue ("let me think") sets neutral at a slightly lowered arousal.
+fn word_response(cue: WordCue) -> Response {
+    let (valence, arousal) = match cue.emotion {
+        Emotion::Neutral => (0.0, -0.1),
+        other => other.preset(),
+    };
+    let reach = 0.6 + 0.4 * cue.strength.clamp(0.0, 1.0);
+    Response {
+        emotion: cue.emotion,
+        valence: valence * reach,
+        arousal: arousal * reach,
+        hold: Duration::from_millis(3_000),
+        priority: 3,
+    }
+}
+
 /// Affect settings: `[affect]` in the config file.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +105,8 @@ pub enum AffectMsg {
     /// loop (which hands frames over without a message, see [`AffectHandle::frame`]).
     Frames,
     Event(AffectEvent),
+    /// A feeling shown by the creature's own words (from the monologue watcher).
+    Words(WordCue),
     Snapshot(RpcReplyPort<serde_json::Value>),
     #[cfg(feature = "fault-injection")]
     Crash,
@@ -129,6 +152,11 @@ impl AffectHandle {
 
     pub fn event(&self, event: AffectEvent) {
         self.actor.cast(AffectMsg::Event(event));
+    }
+
+    /// A feeling the creature's words showed: a cast, like every message to this actor.
+    pub fn words(&self, cue: WordCue) {
+        self.actor.cast(AffectMsg::Words(cue));
     }
 }
 
@@ -206,12 +234,22 @@ pub struct AffectState {
     published: Option<Mood>,
     events: u64,
     recent: Ring<EventRecord>,
+    /// Feelings from words, newest last.
+    recent_words: Ring<WordRecord>,
     /// The incarnation's forwarder task (turns a wake-up of the frame feed into
     /// [`AffectMsg::Frames`]); ends with the incarnation.
     forwarder: Option<AbortOnDrop>,
 }
 
 const RECENT: usize = 24;
+
+#[derive(Debug, Clone, Serialize)]
+struct WordRecord {
+    cue: WordCue,
+    tick: u64,
+    /// False when a stronger held response kept this one from taking over.
+    applied: bool,
+}
 
 impl AffectState {
     /// Neutral, calm, nothing held.
@@ -239,6 +277,7 @@ impl AffectState {
             published: None,
             events: 0,
             recent: Ring::new(RECENT),
+            recent_words: Ring::new(RECENT),
             forwarder: None,
         }
     }
@@ -252,6 +291,17 @@ impl Affect {
     fn apply(&self, state: &mut AffectState, event: AffectEvent) {
         state.events += 1;
         let r = response(event);
+        let applied = Self::take(state, r);
+        state.recent.push(EventRecord {
+            event,
+            tick: state.tick,
+            emotion: r.emotion,
+            applied,
+        });
+    }
+
+    /// Make `r` the target unless a held response of higher priority keeps it out.
+    fn take(state: &mut AffectState, r: Response) -> bool {
         let held = state.tick < state.hold_until;
         let applied = !held || r.priority >= state.target.priority;
         if applied {
@@ -259,10 +309,15 @@ impl Affect {
             state.hold_until = state.tick + ticks(r.hold).max(1);
             state.mood.emotion = r.emotion;
         }
-        state.recent.push(EventRecord {
-            event,
+        applied
+    }
+
+    fn apply_words(&self, state: &mut AffectState, cue: WordCue) {
+        state.events += 1;
+        let applied = Self::take(state, word_response(cue));
+        state.recent_words.push(WordRecord {
+            cue,
             tick: state.tick,
-            emotion: r.emotion,
             applied,
         });
     }
@@ -320,6 +375,11 @@ impl Affect {
             }
         };
         if changed {
+            self.slot.publish_with(|| crate::events::Event::Affect {
+                emotion: mood.emotion.as_str().into(),
+                valence: mood.valence,
+                arousal: mood.arousal,
+            });
             self.face.mood(mood);
             state.published = Some(mood);
         }
@@ -370,6 +430,10 @@ impl Actor for Affect {
                 self.apply(state, event);
                 self.publish(state);
             }
+            AffectMsg::Words(cue) => {
+                self.apply_words(state, cue);
+                self.publish(state);
+            }
             AffectMsg::Snapshot(reply) => {
                 let _ = reply.send(serde_json::json!({
                     "emotion": state.mood.emotion,
@@ -385,6 +449,7 @@ impl Actor for Affect {
                     "idle": state.idle,
                     "events": state.events,
                     "recent_events": state.recent,
+                    "recent_words": state.recent_words,
                     "frames_dropped": self.frames.dropped(),
                 }));
             }
@@ -467,6 +532,67 @@ mod tests {
             affect.on_frame(&mut st, &frame(t, false, false, false));
         }
         assert_eq!(st.mood.emotion, Emotion::Neutral);
+    }
+
+    #[test]
+    fn words_reach_every_expression_and_move_the_point_towards_its_preset() {
+        for emotion in Emotion::ALL {
+            let (affect, mut st) = machine();
+            affect.on_frame(&mut st, &frame(1, false, true, false)); // speaking: happy
+            affect.apply_words(
+                &mut st,
+                WordCue {
+                    emotion,
+                    strength: 1.0,
+                },
+            );
+            assert_eq!(
+                st.mood.emotion, emotion,
+                "words override the cheer of speaking"
+            );
+            for t in 2..12 {
+                affect.on_frame(&mut st, &frame(t, false, true, false));
+            }
+            assert_eq!(st.mood.emotion, emotion, "held");
+            let (v, a) = match emotion {
+                Emotion::Neutral => (0.0, -0.1),
+                other => other.preset(),
+            };
+            assert!(
+                (st.mood.valence - v).abs() < 0.05 && (st.mood.arousal - a).abs() < 0.05,
+                "{emotion:?} at ({}, {}), preset ({v}, {a})",
+                st.mood.valence,
+                st.mood.arousal
+            );
+        }
+    }
+
+    #[test]
+    fn a_weak_cue_moves_the_point_less_and_an_outcome_outranks_words() {
+        let weak = word_response(WordCue {
+            emotion: Emotion::Anger,
+            strength: 0.0,
+        });
+        let strong = word_response(WordCue {
+            emotion: Emotion::Anger,
+            strength: 1.0,
+        });
+        assert!(weak.arousal < strong.arousal && weak.valence > strong.valence);
+        let (affect, mut st) = machine();
+        affect.apply(&mut st, AffectEvent::TaskFailed);
+        affect.apply_words(
+            &mut st,
+            WordCue {
+                emotion: Emotion::Happy,
+                strength: 1.0,
+            },
+        );
+        assert_eq!(
+            st.mood.emotion,
+            Emotion::Sad,
+            "a failed task outranks a cheerful word"
+        );
+        assert!(st.recent_words.iter().any(|r| !r.applied));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use crate::affect::{Affect, AffectConfig, AffectHandle};
 use crate::audio::{AgentFrame, AudioInbox};
 use crate::clock::TickClock;
+use crate::events::{EventBus, InspectConfig, SAMPLE_PERIOD, Sampler};
 use crate::face::{Face, FaceConfig, FaceHandle};
 use crate::handle::Spawn;
 use crate::monologue::{Monologue, MonologueConfig, MonologueHandle};
@@ -61,6 +62,8 @@ pub struct BrainConfig {
     pub tasks: TasksConfig,
     pub affect: AffectConfig,
     pub face: FaceConfig,
+    /// The event stream's replay buffer and viewer lag.
+    pub inspect: InspectConfig,
 }
 
 impl Default for BrainConfig {
@@ -74,6 +77,7 @@ impl Default for BrainConfig {
             tasks: TasksConfig::default(),
             affect: AffectConfig::default(),
             face: FaceConfig::default(),
+            inspect: InspectConfig::default(),
         }
     }
 }
@@ -481,6 +485,19 @@ pub enum SnapshotError {
     Call(#[from] CallError),
 }
 
+/// Why an operator's fault injection was not done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FailError {
+    #[error(
+        "no actor named {0:?}; the children are voice, monologue, reasoner, tasks, affect, face"
+    )]
+    Unknown(String),
+    #[error("the brain is the root supervisor; fail one of its children instead")]
+    Root,
+    #[error("actor {0} is not running (it may be restarting); try again in a moment")]
+    NotRunning(&'static str),
+}
+
 /// How long [`BrainHandle::stop`] waits for the voice model's thread to finish its step.
 const MODEL_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -500,6 +517,10 @@ pub struct BrainHandle {
     inbox: Arc<AudioInbox>,
     audio_out: broadcast::Sender<AgentFrame>,
     planner: &'static str,
+    /// What the tree does, live (`GET /api/events`).
+    events: EventBus,
+    /// Publishes the loop's and the actors' figures once a second; stops when dropped.
+    _sampler: Sampler,
     pub voice: VoiceHandle,
     pub monologue: MonologueHandle,
     pub reasoner: ReasonerHandle,
@@ -544,6 +565,31 @@ impl BrainHandle {
         )
         .map_err(|e| BrainError::Worker(e.to_string()))?;
         let model = voice.model_stopper();
+        let events = EventBus::new(
+            config.inspect.replay_events,
+            config.inspect.viewer_lag_events,
+        );
+        let stats = Arc::new(ActorStats::new("brain"));
+        stats.attach_events(events.clone());
+        let mut all_stats = vec![Arc::clone(&stats)];
+        for child in Child::ALL {
+            let child_stats = match child {
+                Child::Voice => voice.slot().stats(),
+                Child::Monologue => monologue.slot().stats(),
+                Child::Reasoner => reasoner.slot().stats(),
+                Child::Tasks => tasks.slot().stats(),
+                Child::Affect => affect.slot().stats(),
+                Child::Face => face.slot().stats(),
+            };
+            child_stats.attach_events(events.clone());
+            all_stats.push(Arc::clone(child_stats));
+        }
+        let sampler = Sampler::start(
+            events.clone(),
+            Arc::clone(voice.metrics()),
+            all_stats,
+            SAMPLE_PERIOD,
+        );
         let handles = (
             voice.handle(),
             monologue.handle(),
@@ -553,7 +599,6 @@ impl BrainHandle {
             face.handle(),
         );
 
-        let stats = Arc::new(ActorStats::new("brain"));
         let fatal = Arc::new(Mutex::new(None));
         let voice_runtime =
             LoopRuntime::start(config.voice.realtime_priority, Arc::clone(voice.metrics()))
@@ -595,6 +640,8 @@ impl BrainHandle {
             inbox,
             audio_out,
             planner,
+            events,
+            _sampler: sampler,
             voice,
             monologue,
             reasoner,
@@ -608,6 +655,13 @@ impl BrainHandle {
     pub fn actors(&self) -> Vec<ActorSummary> {
         let mut all = vec![self.stats.summary()];
         all.extend(Child::ALL.iter().map(|c| self.child_stats(*c).summary()));
+        all
+    }
+
+    /// Every actor's counters themselves, the brain first (for histograms).
+    pub fn actor_stats(&self) -> Vec<&Arc<ActorStats>> {
+        let mut all = vec![&self.stats];
+        all.extend(Child::ALL.iter().map(|c| self.child_stats(*c)));
         all
     }
 
@@ -655,6 +709,34 @@ impl BrainHandle {
             map.insert("state".into(), state);
         }
         Ok(value)
+    }
+
+    /// The live event stream.
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Operators' fault injection: stop the named child's current incarnation with a
+    /// reason, as a crash would end it; the brain counts it as a failure and restarts the
+    /// child (restart intensity applies). The caller checks it is allowed.
+    pub fn fail_actor(&self, name: &str, reason: &str) -> Result<(), FailError> {
+        let failed = match Child::from_name(name) {
+            Some(Child::Voice) => self.voice.fail(reason),
+            Some(Child::Monologue) => self.monologue.fail(reason),
+            Some(Child::Reasoner) => self.reasoner.fail(reason),
+            Some(Child::Tasks) => self.tasks.fail(reason),
+            Some(Child::Affect) => self.affect.fail(reason),
+            Some(Child::Face) => self.face.fail(reason),
+            None if name == "brain" => return Err(FailError::Root),
+            None => return Err(FailError::Unknown(name.to_string())),
+        };
+        if failed {
+            Ok(())
+        } else {
+            Err(FailError::NotRunning(
+                Child::from_name(name).map_or("?", Child::name),
+            ))
+        }
     }
 
     /// The fast loop's schedule.

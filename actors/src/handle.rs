@@ -101,6 +101,19 @@ impl<M: Message> ActorHandle<M> {
         self.slot.stats().set_status(ActorStatus::Stopped);
     }
 
+    /// Operators' fault injection: stop the current incarnation with `reason`, as a crash
+    /// would end it (its supervisor sees an unexpected stop and restarts it). Whether an
+    /// incarnation was there to stop.
+    pub fn fail(&self, reason: &str) -> bool {
+        match self.slot.get() {
+            Some(actor) => {
+                actor.stop(Some(format!("fault injected: {reason}")));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The slot itself (tests cast through it by hand).
     #[cfg(test)]
     pub(crate) fn slot(&self) -> &Slot<M> {
@@ -154,9 +167,10 @@ pub trait Spawn: Actor<Arguments = ()> + Clone {
         let actor = self.clone();
         let stats = Arc::clone(self.slot().stats());
         async move {
+            let name = incarnation_name(stats.name());
             let started = match supervisor {
-                Some(supervisor) => Actor::spawn_linked(None, actor, (), supervisor).await,
-                None => Actor::spawn(None, actor, ()).await,
+                Some(supervisor) => Actor::spawn_linked(name, actor, (), supervisor).await,
+                None => Actor::spawn(name, actor, ()).await,
             };
             // The join handle is not needed: the slot and the supervisor track the actor.
             let (actor, _join) = started.map_err(|e| SpawnError::Actor {
@@ -166,6 +180,25 @@ pub trait Spawn: Actor<Arguments = ()> + Clone {
             stats.set_status(ActorStatus::Running);
             Ok(actor.get_cell())
         }
+    }
+}
+
+/// The name an incarnation of `actor` is spawned under. With the `console` feature it is
+/// `<actor>#<n>`, unique in the process (a restarted actor never collides with the
+/// incarnation it replaces, nor one brain's with another's), and ractor gives its task that
+/// name, which is what tokio-console shows. Without it actors are unnamed: a name is
+/// entered in ractor's global registry, which nothing here uses.
+fn incarnation_name(actor: &str) -> Option<String> {
+    #[cfg(feature = "console")]
+    {
+        static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Some(format!("{actor}#{n}"))
+    }
+    #[cfg(not(feature = "console"))]
+    {
+        let _ = actor;
+        None
     }
 }
 

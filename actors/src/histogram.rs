@@ -172,6 +172,25 @@ impl HistogramSnapshot {
         self.buckets.iter().sum()
     }
 
+    /// How many recordings were at most `us` microseconds, counting whole buckets (those
+    /// that end at or below `us`): a Prometheus histogram's cumulative `le` bucket.
+    pub fn count_at_most_us(&self, us: u64) -> u64 {
+        self.buckets
+            .iter()
+            .enumerate()
+            .take_while(|(b, _)| {
+                let (low, width) = bucket_range(*b);
+                low + width - 1 <= us
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Sum of the recordings, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us as f64 / 1e6
+    }
+
     /// The value below which fraction `q` (0..=1) of the recordings fall, in microseconds.
     /// Reported as the middle of its bucket, and never above the true maximum.
     pub fn quantile_us(&self, q: f64) -> u64 {

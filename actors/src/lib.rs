@@ -22,6 +22,8 @@
 //! - [`slot`]: the restart-proof address every handle uses, and the per-actor counters;
 //!   [`handle`]: what every actor shares: the generic part of the handles, and
 //!   [`Spawn`](handle::Spawn), which starts an actor alone or under the brain.
+//! - [`events`]: the live event stream (status changes, restarts, monologue, tasks,
+//!   affect, loop and per-actor figures) behind `GET /api/events`, with its replay buffer.
 //! - [`ring`]: the bounded list (newest items kept, the oldest dropped and counted) behind
 //!   every actor's recent history.
 //! - [`feed`]: the preallocated single-producer queue (with a drop counter and a wake-up)
@@ -31,6 +33,8 @@
 //!   the host's steal time and the per-thread allocation count.
 //! - [`config_duration`]: how the config file's `_secs`/`_ms` keys become durations.
 //! - [`text`]: escaping untrusted text before it reaches a terminal or a log.
+//! - [`turns`]: turn taking measured from the voice loop's frames (response latency,
+//!   barge-in reaction, backchannels, overlaps, turns with no answer).
 
 pub mod affect;
 pub mod audio;
@@ -38,6 +42,7 @@ pub mod brain;
 pub mod classifier;
 pub mod clock;
 pub mod config_duration;
+pub mod events;
 pub mod face;
 pub mod feed;
 pub mod handle;
@@ -54,6 +59,7 @@ pub mod signals;
 pub mod slot;
 pub mod tasks;
 pub mod text;
+pub mod turns;
 pub mod voice;
 pub mod worker;
 

@@ -2,8 +2,11 @@
 //! gathers pieces into rolling phrases (closed by sentence punctuation or a pause), reads
 //! each phrase for a physical-task intent (the grammar in [`crate::intent`] first, then the
 //! trained [`crate::classifier`] to confirm, veto or rescue), ignores repeats, and casts
-//! what it finds to `reasoner`. It never makes the voice wait: pieces arrive by cast and
-//! nothing here answers back.
+//! what it finds to `reasoner`. It also reads each phrase for the feeling its words show
+//! ([`cues`]) and casts that to `affect`. It never makes the voice wait: pieces arrive by
+//! cast and nothing here answers back.
+
+pub mod cues;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_ac
 use crate::ports::{Action, Intent};
 use crate::reasoner::ReasonerHandle;
 use crate::ring::Ring;
-use crate::signals::{AffectEvent, TextPiece};
+use crate::signals::{AffectEvent, TextPiece, WordCue};
 use crate::slot::Slot;
 
 /// Watcher settings: `[monologue]` in the config file.
@@ -149,6 +152,8 @@ struct PhraseRecord {
     tick: u64,
     closed_by: &'static str,
     intent: Option<IntentSummary>,
+    /// The feeling its words showed, cast to `affect`.
+    feeling: Option<WordCue>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,6 +188,11 @@ pub struct MonologueState {
     repeats_ignored: u64,
     /// Phrases the grammar read as tasks but the classifier judged near-misses.
     vetoed: u64,
+    /// The last thing a phrase named, and when, for a pronoun in the next phrase to stand
+    /// for ("your cup is about to fall." "I'll grab it."). Forgotten after the dedupe window.
+    last_object: Option<(String, Instant)>,
+    /// Feelings cast to `affect`.
+    feelings_cast: u64,
 }
 
 impl Monologue {
@@ -196,6 +206,10 @@ impl Monologue {
         state.last_tick = piece.tick;
         state.phrase.push_str(&piece.text);
         let ends_sentence = piece.text.trim_end().ends_with(['.', '!', '?', ';', ':']);
+        self.slot.publish_with(|| crate::events::Event::Piece {
+            tick: piece.tick,
+            text: piece.text.to_string(),
+        });
         state.pieces.push(piece);
         if ends_sentence {
             self.close_phrase(state, "punctuation");
@@ -222,8 +236,18 @@ impl Monologue {
             tick: state.last_tick,
             closed_by,
             intent: None,
+            feeling: None,
         };
-        match IntentClassifier::embedded().decide(&text) {
+        let now = Instant::now();
+        let previous = state
+            .last_object
+            .as_ref()
+            .filter(|(_, at)| now.duration_since(*at) < self.config.dedupe_window)
+            .map(|(object, _)| object.clone());
+        if let Some(object) = crate::intent::last_named_object(&text) {
+            state.last_object = Some((object, now));
+        }
+        match IntentClassifier::embedded().decide_in_context(&text, previous.as_deref()) {
             Decision::Fire(found) => {
                 let parsed = found.task;
                 let key = (
@@ -231,7 +255,7 @@ impl Monologue {
                     parsed.object.clone(),
                     parsed.destination.clone(),
                 );
-                let now = Instant::now();
+                state.last_object = Some((parsed.object.clone(), now));
                 state
                     .fired
                     .retain(|(_, at)| now.duration_since(*at) < self.config.dedupe_window);
@@ -281,6 +305,15 @@ impl Monologue {
             }
             Decision::NoTask { .. } => {}
         }
+        // After the intent, so the words' feeling is what the face shows (both have the
+        // same priority in `affect`, and the later one wins).
+        if let Some(cue) = cues::read(&text) {
+            record.feeling = Some(cue);
+            state.feelings_cast += 1;
+            self.affect.words(cue);
+        }
+        self.slot
+            .publish_with(|| crate::events::Event::phrase(&record));
         state.phrases.push(record);
     }
 
@@ -292,6 +325,7 @@ impl Monologue {
             "intents_fired": state.intents_fired,
             "repeats_ignored": state.repeats_ignored,
             "vetoed": state.vetoed,
+            "feelings_cast": state.feelings_cast,
             "recent_pieces": state.pieces,
             "recent_phrases": state.phrases,
             "text": state.pieces.iter().map(|p| &*p.text).collect::<String>(),
@@ -329,6 +363,8 @@ impl Actor for Monologue {
             intents_fired: 0,
             repeats_ignored: 0,
             vetoed: 0,
+            last_object: None,
+            feelings_cast: 0,
         })
     }
 

@@ -15,6 +15,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::CALL_TIMEOUT;
 use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
+use crate::histogram::LatencyHistogram;
 use crate::ports::{
     Action, Intent, InvalidTask, NewTask, PlanContext, PlanStep, Planner, PlannerError, Task,
     TaskSource, now_ms,
@@ -142,11 +143,24 @@ impl crate::handle::FaultInjection for ReasonerMsg {
 #[derive(Clone, Debug)]
 pub struct ReasonerHandle {
     actor: ActorHandle<ReasonerMsg>,
+    planner_calls: Arc<LatencyHistogram>,
+    planner_name: &'static str,
 }
 
 deref_to_actor_handle!(ReasonerHandle, ReasonerMsg);
 
 impl ReasonerHandle {
+    /// How long each planner call took (an LLM request, or the rule planner), answered or
+    /// failed; cancelled calls are not counted.
+    pub fn planner_calls(&self) -> &LatencyHistogram {
+        &self.planner_calls
+    }
+
+    /// The planner's name, as `/metrics` labels its calls.
+    pub fn planner_name(&self) -> &'static str {
+        self.planner_name
+    }
+
     /// Think about `intent` in the background.
     pub fn intent(&self, intent: Intent, recent: Vec<String>) {
         self.actor.cast(ReasonerMsg::Intent { intent, recent });
@@ -169,6 +183,8 @@ pub struct Reasoner {
     tasks: TasksHandle,
     /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<ReasonerMsg>,
+    /// Planner call durations (outlive incarnations).
+    planner_calls: Arc<LatencyHistogram>,
 }
 
 impl Reasoner {
@@ -179,6 +195,7 @@ impl Reasoner {
             planner,
             tasks,
             slot: Slot::new("reasoner"),
+            planner_calls: Arc::new(LatencyHistogram::new()),
         }
     }
 
@@ -186,6 +203,8 @@ impl Reasoner {
     pub fn handle(&self) -> ReasonerHandle {
         ReasonerHandle {
             actor: ActorHandle::new(self.slot.clone()),
+            planner_calls: Arc::clone(&self.planner_calls),
+            planner_name: self.planner.name(),
         }
     }
 
@@ -254,7 +273,8 @@ pub struct ReasonerState {
     /// Every deliberation's task; dropping the state (however the actor ends) aborts them.
     work: JoinSet<()>,
     running: HashMap<u64, Running>,
-    queue: VecDeque<(u64, PlanContext)>,
+    /// Waiting deliberations: id, what to think about, when its intent was heard.
+    queue: VecDeque<(u64, PlanContext, Instant)>,
     next_id: u64,
     recent: Ring<Record>,
     planned: u64,
@@ -274,16 +294,26 @@ impl Reasoner {
         state: &mut ReasonerState,
         id: u64,
         ctx: PlanContext,
+        heard: Instant,
     ) {
         let brief = IntentBrief::from(&ctx.intent);
         let planner = Arc::clone(&self.planner);
+        let calls = Arc::clone(&self.planner_calls);
         let tasks = self.tasks.clone();
         let me = myself.clone();
         let filing = Arc::new(AtomicBool::new(false));
         let filing_flag = Arc::clone(&filing);
         let abort = state.work.spawn(async move {
             let started = Instant::now();
-            let result = deliberate(planner.as_ref(), &tasks, id, ctx, &filing_flag).await;
+            let result = deliberate(
+                planner.as_ref(),
+                &calls,
+                &tasks,
+                (id, heard),
+                ctx,
+                &filing_flag,
+            )
+            .await;
             let _ = me.cast(ReasonerMsg::Finished {
                 id,
                 result,
@@ -303,10 +333,10 @@ impl Reasoner {
 
     fn fill_slots(&self, myself: &ActorRef<ReasonerMsg>, state: &mut ReasonerState) {
         while state.running.len() < self.config.max_in_flight.max(1) {
-            let Some((id, ctx)) = state.queue.pop_front() else {
+            let Some((id, ctx, heard)) = state.queue.pop_front() else {
                 break;
             };
-            self.start(myself, state, id, ctx);
+            self.start(myself, state, id, ctx, heard);
         }
     }
 
@@ -408,16 +438,21 @@ impl Reasoner {
     }
 }
 
-/// One deliberation: plan, then file every tool call as one plan, all or nothing. The plan
-/// id goes with each task, so the ledger can say later whether it holds the plan.
+/// One deliberation (number `id`, for an intent heard at `heard`): plan, then file every
+/// tool call as one plan, all or nothing. The plan id goes with each task, so the ledger
+/// can say later whether it holds the plan; the planner call is timed into `calls`.
 async fn deliberate(
     planner: &dyn Planner,
+    calls: &LatencyHistogram,
     tasks: &TasksHandle,
-    id: u64,
+    (id, heard): (u64, Instant),
     ctx: PlanContext,
     filing: &AtomicBool,
 ) -> Result<Deliberated, DeliberationError> {
-    let outcome = planner.plan(ctx).await?;
+    let asked = Instant::now();
+    let outcome = planner.plan(ctx).await;
+    calls.record(asked.elapsed());
+    let outcome = outcome?;
     if outcome.calls.is_empty() {
         return Err(DeliberationError::NoCall(outcome.planner));
     }
@@ -428,6 +463,7 @@ async fn deliberate(
         call.validate()
             .map_err(|error| DeliberationError::Rejected { step: i + 1, error })?;
         new.push(NewTask {
+            intent_at: Some(heard),
             arguments: call,
             source: TaskSource::Monologue,
             plan: Some(PlanStep {
@@ -530,9 +566,10 @@ impl Actor for Reasoner {
                         intent,
                         recent_monologue: recent,
                     },
+                    Instant::now(),
                 ));
                 if state.queue.len() > self.config.queue_capacity.max(1) {
-                    if let Some((dropped, ctx)) = state.queue.pop_front() {
+                    if let Some((dropped, ctx, _)) = state.queue.pop_front() {
                         state.dropped += 1;
                         tracing::warn!(id = dropped, "reasoner queue full; oldest intent dropped");
                         Self::record(
@@ -617,7 +654,7 @@ impl Actor for Reasoner {
                         .running
                         .keys()
                         .copied()
-                        .chain(state.queue.iter().map(|(i, _)| *i))
+                        .chain(state.queue.iter().map(|(i, _, _)| *i))
                         .collect(),
                 };
                 for id in ids {
@@ -648,7 +685,7 @@ impl Actor for Reasoner {
                             },
                         );
                         n += 1;
-                    } else if let Some(pos) = state.queue.iter().position(|(i, _)| *i == id) {
+                    } else if let Some(pos) = state.queue.iter().position(|(i, _, _)| *i == id) {
                         state.queue.remove(pos);
                         n += 1;
                     }

@@ -89,6 +89,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refuses_a_task_that_breaks_its_actions_argument_rule() {
+        let mut go = ctx(0.9);
+        go.intent.task.action = Action::GoTo;
+        go.intent.task.object = "garage".into();
+        let err = RulePlanner::default().plan(go.clone()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("`go_to` needs a `destination`"),
+            "{err}"
+        );
+        go.intent.task.destination = Some("garage".into());
+        let out = RulePlanner::default().plan(go).await.unwrap();
+        assert_eq!(out.calls[0].action, Action::GoTo);
+        let mut wipe = ctx(0.9);
+        wipe.intent.task.action = Action::Clean;
+        wipe.intent.task.destination = Some("sink".into());
+        let err = RulePlanner::default().plan(wipe).await.unwrap_err();
+        assert!(
+            err.to_string().contains("`clean` takes no `destination`"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn refuses_unsure_intents() {
         let err = RulePlanner::default().plan(ctx(0.2)).await.unwrap_err();
         assert!(err.to_string().contains("confidence"), "{err}");

@@ -99,6 +99,16 @@ pub enum AffectEvent {
     LongIdle,
 }
 
+/// A feeling the creature's own words show ("yuck", "hooray", "stop that right now!"),
+/// read from a closed monologue phrase by the watcher and cast to `affect`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WordCue {
+    pub emotion: Emotion,
+    /// How strongly it was said, 0..1: more cue words, an exclamation or an intensifier
+    /// ("so gross!") raise it. It scales how far the face's point moves.
+    pub strength: f32,
+}
+
 /// The affect state as the API and the face see it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Mood {

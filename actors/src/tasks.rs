@@ -10,7 +10,7 @@
 //! attaches replaces the attached one (a robot reconnecting after its Wi-Fi dropped) and
 //! gets every unfinished task again. Task outcomes are passed on to `affect`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::CALL_TIMEOUT;
 use crate::affect::AffectHandle;
 use crate::handle::{ActorHandle, SnapshotRequest, Spawn, SpawnError, deref_to_actor_handle};
+use crate::histogram::LatencyHistogram;
 use crate::ports::{
     BodyCommand, BodyReport, BodyState, NewTask, PageOrder, PageQuery, PhysicalTask, PlanStep,
     Progress, StoreError, Task, TaskSource, TaskState, TaskStore, id_number, now_ms,
@@ -202,11 +203,18 @@ impl crate::handle::FaultInjection for TasksMsg {
 #[derive(Clone, Debug)]
 pub struct TasksHandle {
     actor: ActorHandle<TasksMsg>,
+    intent_to_dispatch: Arc<LatencyHistogram>,
 }
 
 deref_to_actor_handle!(TasksHandle, TasksMsg);
 
 impl TasksHandle {
+    /// Intent heard -> its task's tool call handed to the body (tasks from the monologue;
+    /// a task waiting for a body counts the wait).
+    pub fn intent_to_dispatch(&self) -> &LatencyHistogram {
+        &self.intent_to_dispatch
+    }
+
     pub async fn create(
         &self,
         args: PhysicalTask,
@@ -319,6 +327,8 @@ pub struct Tasks {
     affect: AffectHandle,
     /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<TasksMsg>,
+    /// Intent -> dispatch times (outlive incarnations).
+    intent_to_dispatch: Arc<LatencyHistogram>,
 }
 
 impl Tasks {
@@ -329,6 +339,7 @@ impl Tasks {
             store,
             affect,
             slot: Slot::new("tasks"),
+            intent_to_dispatch: Arc::new(LatencyHistogram::new()),
         }
     }
 
@@ -336,6 +347,7 @@ impl Tasks {
     pub fn handle(&self) -> TasksHandle {
         TasksHandle {
             actor: ActorHandle::new(self.slot.clone()),
+            intent_to_dispatch: Arc::clone(&self.intent_to_dispatch),
         }
     }
 
@@ -388,6 +400,8 @@ pub struct TasksState {
     outbox_full: u64,
     reports: u64,
     rejected_reports: u64,
+    /// When the intent behind each undispatched monologue task was heard.
+    intent_at: HashMap<String, std::time::Instant>,
     _redeliver_timer: TimerGuard,
 }
 
@@ -418,6 +432,7 @@ impl Tasks {
         plan: Option<PlanStep>,
     ) -> Result<Task, TaskError> {
         let new = vec![NewTask {
+            intent_at: None,
             arguments: args,
             source,
             plan,
@@ -456,6 +471,7 @@ impl Tasks {
             });
         }
         state.writes += 1;
+        let heard: Vec<Option<std::time::Instant>> = new.iter().map(|n| n.intent_at).collect();
         let made = match blocking(&self.store, move |s| s.create(new)).await {
             Ok(made) => made,
             Err(e) => {
@@ -474,6 +490,11 @@ impl Tasks {
                 "task filed"
             );
         }
+        for (task, heard) in made.iter().zip(heard) {
+            if let Some(at) = heard {
+                state.intent_at.insert(task.id.clone(), at);
+            }
+        }
         for task in &made {
             self.deliver(state, task.clone()).await;
         }
@@ -484,6 +505,8 @@ impl Tasks {
     /// state, `None` for a new task).
     fn track(&self, state: &mut TasksState, task: &Task, before: Option<TaskState>) {
         if before != Some(task.state) {
+            self.slot
+                .publish_with(|| crate::events::Event::task(task, before));
             if let Some(b) = before {
                 if let Some(n) = state.summary.by_state.get_mut(b.as_str()) {
                     *n = n.saturating_sub(1);
@@ -496,6 +519,7 @@ impl Tasks {
                 .or_default() += 1;
         }
         if task.state.is_terminal() {
+            state.intent_at.remove(&task.id);
             state.open.remove(&open_key(&task.id));
         } else {
             state.open.insert(open_key(&task.id), task.clone());
@@ -708,6 +732,9 @@ impl Tasks {
         if before == TaskState::Pending {
             // Cannot fail: pending may always become dispatched.
             let _ = task.transition(TaskState::Dispatched, None);
+            if let Some(heard) = state.intent_at.remove(&task.id) {
+                self.intent_to_dispatch.record(heard.elapsed());
+            }
         } else {
             task.updated_ms = now_ms();
         }
@@ -961,6 +988,7 @@ impl Actor for Tasks {
             outbox_full: 0,
             reports: 0,
             rejected_reports: 0,
+            intent_at: HashMap::new(),
             _redeliver_timer: TimerGuard(timer),
         };
         self.retain(&mut state).await;

@@ -18,6 +18,13 @@
 //! failure of that task, and in tests a tick sent by hand). A text piece still allocates
 //! (its `Arc<str>` and the cast to `monologue`): text is rare next to ticks.
 //!
+//! Each step's levels also feed the turn tracker ([`crate::turns`]): response latency,
+//! barge-in reaction, backchannels and the brain's own latency per frame go into lock-free
+//! histograms, and each finished turn is published with the newest ones through an
+//! `ArcSwap` (one allocation per turn, like a text piece). A loop built with
+//! `manual_ticks` has no ticker: whoever drives it (`creature run --fast`) ticks it by
+//! hand, on a virtual clock.
+//!
 //! Nothing outside the loop's threads can delay a tick: user audio comes through a lock-free
 //! ring, counters and status are atomics and `ArcSwap`s that readers (the API, `/metrics`)
 //! read without sending the loop a message or taking a lock it takes, and each tick's
@@ -49,6 +56,7 @@ use crate::realtime::{
 };
 use crate::signals::{FrameStats, TextPiece};
 use crate::slot::{CallError, Slot};
+use crate::turns::{TurnFrame, TurnOutcome, TurnRecord, TurnTracker};
 use crate::worker::{ModelWorker, STATUS_EVERY, StepDone, StepRequest};
 use crate::{FRAME_PERIOD, FRAME_SAMPLES};
 
@@ -69,6 +77,10 @@ pub struct VoiceConfig {
     pub inbox_frames: usize,
     /// Ask the OS for real-time scheduling of the loop's threads (see [`crate::realtime`]).
     pub realtime_priority: bool,
+    /// Not a file key: no ticker thread; whoever drives the loop ticks it by hand with
+    /// [`VoiceHandle::tick_by_hand`] (`creature run --fast`, on a virtual clock).
+    #[serde(skip)]
+    pub manual_ticks: bool,
 }
 
 impl Default for VoiceConfig {
@@ -80,6 +92,7 @@ impl Default for VoiceConfig {
             backlog_frames: 3,
             inbox_frames: 25,
             realtime_priority: true,
+            manual_ticks: false,
         }
     }
 }
@@ -124,6 +137,29 @@ pub struct VoiceMetrics {
     pub tick_work: LatencyHistogram,
     /// Hand-off plus the loop's work, per tick: the brain's own part of the lateness.
     pub own: LatencyHistogram,
+    /// User frame due (its tick's deadline) -> agent frame out, minus model compute and
+    /// any wait for a busy model: the brain's own latency, per frame.
+    pub own_latency: LatencyHistogram,
+    /// End of the user's voice activity -> the agent's first loud frame, per answered turn
+    /// (stream time; an answer begun inside the hangover counts as 0).
+    pub turn_response: LatencyHistogram,
+    /// The user's onset over the speaking agent -> the agent's output below the speaking
+    /// threshold (stream time).
+    pub barge_in_reaction: LatencyHistogram,
+    /// Turns measured ([`crate::turns`]), and how they went.
+    pub turns: AtomicU64,
+    pub unanswered_turns: AtomicU64,
+    pub talked_over_turns: AtomicU64,
+    pub backchannels: AtomicU64,
+    /// Frames in which both voices were audible during user turns.
+    pub overlap_frames: AtomicU64,
+    /// A user turn is open: the user talks, or their turn waits for an answer.
+    pub turn_open: AtomicBool,
+    /// User samples the loop has taken from the inbox: the stream position of the next
+    /// user frame (a file-driven run aligns its output with it).
+    user_samples: AtomicU64,
+    /// The newest turns, oldest first (swapped once per turn, never locked).
+    recent_turns: ArcSwap<Vec<TurnRecord>>,
     /// Swapped, never locked: a reader can not hold up the loop that stores it.
     last_error: ArcSwapOption<String>,
     model_status: ArcSwap<serde_json::Value>,
@@ -244,7 +280,35 @@ pub struct VoiceReport {
     /// Allocations on the loop's threads since counting began; null unless the binary
     /// was built to count them (`--features alloc-count`).
     pub allocations: Option<AllocationReport>,
+    /// Turn taking, measured from the frames ([`crate::turns`]).
+    pub turns: TurnsReport,
 }
+
+/// Turn taking as `/api/state` reports it: totals, percentiles, and the newest turns.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnsReport {
+    /// User turns completed (answered or not).
+    pub count: u64,
+    pub answered: u64,
+    pub no_answer: u64,
+    /// Turns the agent talked through without yielding.
+    pub talked_over: u64,
+    /// Agent bursts that began while the user talked.
+    pub backchannels: u64,
+    /// Time both voices were audible during user turns.
+    pub overlap_ms: f64,
+    /// End of the user's activity -> the agent's first loud frame (stream time).
+    pub response_ms: Percentiles,
+    /// The user's onset over the agent -> the agent's output below the threshold.
+    pub barge_in_reaction_ms: Percentiles,
+    /// User frame due -> agent frame out, model compute excluded, per frame (wall time).
+    pub own_latency_ms: Percentiles,
+    /// The newest turns, oldest first (at most [`RECENT_TURNS`]).
+    pub recent: Vec<TurnRecord>,
+}
+
+/// Turns kept for `/api/state` and `GET /api/actors/voice`.
+pub const RECENT_TURNS: usize = 20;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RealTimeFactor {
@@ -277,6 +341,17 @@ impl Default for VoiceMetrics {
             handoff: LatencyHistogram::new(),
             tick_work: LatencyHistogram::new(),
             own: LatencyHistogram::new(),
+            own_latency: LatencyHistogram::new(),
+            turn_response: LatencyHistogram::new(),
+            barge_in_reaction: LatencyHistogram::new(),
+            turns: AtomicU64::default(),
+            unanswered_turns: AtomicU64::default(),
+            talked_over_turns: AtomicU64::default(),
+            backchannels: AtomicU64::default(),
+            overlap_frames: AtomicU64::default(),
+            turn_open: AtomicBool::default(),
+            user_samples: AtomicU64::default(),
+            recent_turns: ArcSwap::from_pointee(Vec::new()),
             last_error: ArcSwapOption::empty(),
             model_status: ArcSwap::from_pointee(serde_json::Value::Null),
             scheduling: Default::default(),
@@ -414,7 +489,63 @@ impl VoiceMetrics {
                 by_thread,
                 per_tick: by_thread.total() as f64 / load(&self.ticks).max(1) as f64,
             }),
+            turns: self.turns_report(),
         }
+    }
+
+    /// Turn taking since the start, read from what the loop published.
+    pub fn turns_report(&self) -> TurnsReport {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let count = load(&self.turns);
+        let no_answer = load(&self.unanswered_turns);
+        let talked_over = load(&self.talked_over_turns);
+        TurnsReport {
+            count,
+            answered: count.saturating_sub(no_answer + talked_over),
+            no_answer,
+            talked_over,
+            backchannels: load(&self.backchannels),
+            overlap_ms: load(&self.overlap_frames) as f64 * FRAME_PERIOD.as_secs_f64() * 1000.0,
+            response_ms: self.turn_response.percentiles(),
+            barge_in_reaction_ms: self.barge_in_reaction.percentiles(),
+            own_latency_ms: self.own_latency.percentiles(),
+            recent: self.recent_turns(),
+        }
+    }
+
+    /// The newest turns, oldest first.
+    pub fn recent_turns(&self) -> Vec<TurnRecord> {
+        Vec::clone(&self.recent_turns.load())
+    }
+
+    /// Count a finished turn and publish it with the newest (allocates once per turn, on
+    /// the loop's thread: turns are rare next to ticks, like text pieces).
+    fn record_turn(&self, turn: TurnRecord) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        match (turn.outcome, turn.response_ms) {
+            (TurnOutcome::Answered, Some(ms)) => self
+                .turn_response
+                .record(Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+            (TurnOutcome::TalkedOver, _) => {
+                self.talked_over_turns.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.unanswered_turns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.backchannels
+            .fetch_add(u64::from(turn.backchannels), Ordering::Relaxed);
+        let frame_ms = FRAME_PERIOD.as_secs_f64() * 1000.0;
+        self.overlap_frames.fetch_add(
+            (turn.overlap_ms / frame_ms).round() as u64,
+            Ordering::Relaxed,
+        );
+        let old = self.recent_turns.load();
+        let skip = (old.len() + 1).saturating_sub(RECENT_TURNS);
+        let mut recent = Vec::with_capacity(RECENT_TURNS);
+        recent.extend(old.iter().skip(skip).copied());
+        recent.push(turn);
+        self.recent_turns.store(Arc::new(recent));
     }
 }
 
@@ -422,8 +553,8 @@ impl VoiceMetrics {
 /// through feeds, see the module docs).
 #[derive(Debug)]
 pub enum VoiceMsg {
-    /// Tick `n` is due, sent at `sent`: for tests, which tick by hand (the ticker hands its
-    /// ticks over through a feed).
+    /// Tick `n` is due, sent at `sent`: for a loop ticked by hand (`manual_ticks`, and
+    /// tests); the ticker hands its ticks over through a feed.
     Tick { n: u64, sent: Instant },
     /// The user typed `text` (heard by backends that accept text).
     Hear { text: String },
@@ -463,7 +594,24 @@ pub struct VoiceHandle {
     backend: &'static str,
     accepts_text: bool,
     metrics: Arc<VoiceMetrics>,
+    taps: broadcast::Sender<StepTap>,
 }
+
+/// One step as a file-driven run sees it: which stretch of the user's stream it heard,
+/// and the agent's frame for it.
+#[derive(Debug, Clone)]
+pub struct StepTap {
+    pub tick: u64,
+    /// Stream position of the frame's first user sample (samples taken from the inbox
+    /// before it).
+    pub user_from: u64,
+    /// Real user samples in the frame; the rest was silence padding (nothing was waiting).
+    pub user_samples: usize,
+    pub agent: AgentFrame,
+}
+
+/// Steps a tap subscriber may lag before it skips ahead (as the audio outlet's listeners).
+const TAP_FRAMES: usize = 16;
 
 deref_to_actor_handle!(VoiceHandle, VoiceMsg);
 
@@ -481,6 +629,20 @@ impl VoiceHandle {
 
     pub fn report(&self) -> VoiceReport {
         self.metrics.report(self.backend, self.accepts_text)
+    }
+
+    /// Tick `n` now, by hand: for a loop built with `manual_ticks` (a run on a virtual
+    /// clock) and for tests. False when the loop is not running.
+    pub fn tick_by_hand(&self, n: u64) -> bool {
+        self.actor.cast(VoiceMsg::Tick {
+            n,
+            sent: Instant::now(),
+        })
+    }
+
+    /// Every step from now on, with its place in the user's stream (`creature run`).
+    pub fn subscribe_steps(&self) -> broadcast::Receiver<StepTap> {
+        self.taps.subscribe()
     }
 
     /// The user says `text`.
@@ -541,6 +703,9 @@ pub struct Voice {
     metrics: Arc<VoiceMetrics>,
     /// Where this actor registers each incarnation (and counts its messages).
     slot: Slot<VoiceMsg>,
+    /// Each step's tap, for whoever subscribed (a file-driven run); sent only when someone
+    /// listens.
+    taps: broadcast::Sender<StepTap>,
     /// Step results from the model thread. It outlives incarnations, like the thread: a
     /// result that comes while the loop restarts waits here for the next incarnation.
     steps: Arc<Feed<StepDone>>,
@@ -582,6 +747,7 @@ impl Voice {
             worker: Arc::new(worker),
             metrics,
             slot,
+            taps: broadcast::channel(TAP_FRAMES).0,
             steps,
             inbox: wiring.inbox,
             audio_out: wiring.audio_out,
@@ -598,6 +764,7 @@ impl Voice {
             backend: self.worker.backend(),
             accepts_text: self.worker.accepts_text(),
             metrics: Arc::clone(&self.metrics),
+            taps: self.taps.clone(),
         }
     }
 
@@ -638,6 +805,14 @@ struct UserFrame {
     user_rms: f32,
     user_active: bool,
     taken_at: Instant,
+    /// When the frame was due: its tick's deadline (or, ticked by hand, when the tick was
+    /// sent). The brain's own latency counts from here.
+    due: Instant,
+    /// Time it waited in the backlog for a busy model (not the brain's own latency).
+    model_wait: Duration,
+    /// Stream position of its first sample, and how many real samples it holds.
+    user_from: u64,
+    user_samples: usize,
     /// Loop time spent on this frame's tick, added to the step's own overhead.
     intake_overhead: Duration,
 }
@@ -660,7 +835,8 @@ struct Tick {
 /// One incarnation of the loop: the actor's state. Dropping it (however the incarnation
 /// ends) stops the ticker thread and the loop task.
 pub struct VoiceIncarnation {
-    _ticker: Ticker,
+    /// None when the loop is ticked by hand.
+    _ticker: Option<Ticker>,
     _task: AbortOnDrop,
     /// The loop's state, shared by the loop task and the actor's handler. Both run on the
     /// loop's thread and neither holds it across an await, so it is never waited for.
@@ -685,6 +861,8 @@ pub struct VoiceState {
     outputs: Vec<StepOutput>,
     /// Steps submitted since the last one that asked for the backend's status.
     steps_since_status: u64,
+    /// Turn taking, measured from each step's frames.
+    turns: TurnTracker,
 }
 
 /// Most agent frames kept for reuse: more than the audio outlet and its listeners hold.
@@ -800,16 +978,25 @@ impl Voice {
         let handoff = started.saturating_duration_since(sent);
         m.handoff.record(handoff);
         m.ticks.fetch_add(1, Ordering::Relaxed);
-        m.jitter
-            .record(started.saturating_duration_since(self.clock.deadline(n)));
-        if let Some(last) = state.last_tick_at {
-            m.interval.record(started.saturating_duration_since(last));
-        }
+        // A tick by hand has no deadline: jitter and interval are the ticker's.
+        let due = if self.config.manual_ticks {
+            sent
+        } else {
+            let deadline = self.clock.deadline(n);
+            m.jitter.record(started.saturating_duration_since(deadline));
+            if let Some(last) = state.last_tick_at {
+                m.interval.record(started.saturating_duration_since(last));
+            }
+            deadline
+        };
         state.last_tick_at = Some(started);
 
         let mut samples = state.pool.pop().unwrap_or_else(|| vec![0.0; FRAME_SAMPLES]);
         samples.resize(FRAME_SAMPLES, 0.0);
-        self.inbox.pop_frame(&mut samples);
+        let user_samples = self.inbox.pop_frame(&mut samples);
+        let user_from = m
+            .user_samples
+            .fetch_add(user_samples as u64, Ordering::Relaxed);
         let user_rms = rms(&samples);
         let user_active = state.user_vad.update(user_rms);
         m.user_active.store(user_active, Ordering::Relaxed);
@@ -819,6 +1006,10 @@ impl Voice {
             user_rms,
             user_active,
             taken_at: started,
+            due,
+            model_wait: Duration::ZERO,
+            user_from,
+            user_samples,
             intake_overhead: Duration::ZERO,
         });
         if state.backlog.len() > self.config.backlog_frames.max(1) {
@@ -830,7 +1021,7 @@ impl Voice {
         if state.in_flight.is_some() {
             m.overruns.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.submit_next(state);
+            self.submit_next(state, Some(n));
         }
         let spent = started.elapsed();
         m.tick_work.record(spent);
@@ -842,10 +1033,15 @@ impl Voice {
         }
     }
 
-    fn submit_next(&self, state: &mut VoiceState) {
+    /// Submit the oldest waiting frame; `ticking` is the tick being handled, if any (a
+    /// frame submitted later than its own tick waited for the model).
+    fn submit_next(&self, state: &mut VoiceState, ticking: Option<u64>) {
         let Some(mut frame) = state.backlog.pop_front() else {
             return;
         };
+        if ticking != Some(frame.tick) {
+            frame.model_wait = frame.taken_at.elapsed();
+        }
         let m = &self.metrics;
         let want_status = state.steps_since_status >= STATUS_EVERY
             && m.status_wanted.swap(false, Ordering::Relaxed);
@@ -912,8 +1108,15 @@ impl Voice {
 
         let agent = agent_frame(&mut state.agent_frames, &done.output.agent);
         let agent_rms = rms(&agent);
+        let tap = (self.taps.receiver_count() > 0).then(|| Arc::clone(&agent));
         // Nobody listening is fine; a lagging listener skips frames on its own side.
         let _ = self.audio_out.send(agent);
+        let own = frame
+            .due
+            .elapsed()
+            .saturating_sub(done.compute)
+            .saturating_sub(frame.model_wait);
+        m.own_latency.record(own);
         let agent_speaking = state.agent_vad.update(agent_rms);
         let user_onset = frame.user_active && !state.user_was_active;
         let barge_in = user_onset && state.agent_was_speaking;
@@ -923,6 +1126,22 @@ impl Voice {
         if barge_in {
             m.barge_ins.fetch_add(1, Ordering::Relaxed);
         }
+        let turn = state.turns.frame(TurnFrame {
+            tick: done.tick,
+            user_rms: frame.user_rms,
+            user_active: frame.user_active,
+            agent_rms,
+            barge_in,
+            own,
+            compute: done.compute,
+        });
+        if let Some(reaction) = turn.barge_in_reaction {
+            m.barge_in_reaction.record(reaction);
+        }
+        if let Some(finished) = turn.finished {
+            m.record_turn(finished);
+        }
+        m.turn_open.store(state.turns.in_turn(), Ordering::Relaxed);
 
         let piece: Option<Arc<str>> = done
             .output
@@ -951,10 +1170,19 @@ impl Voice {
         self.affect.frame(stats.clone());
         self.face.frame(stats);
         m.step_latency.record(frame.taken_at.elapsed());
+        if let Some(agent) = tap {
+            // Last, so a subscriber that sees the step also sees its turn published.
+            let _ = self.taps.send(StepTap {
+                tick: done.tick,
+                user_from: frame.user_from,
+                user_samples: frame.user_samples,
+                agent,
+            });
+        }
 
         // Catch up: a frame that waited while the model was busy goes in right away.
         if !state.backlog.is_empty() {
-            self.submit_next(state);
+            self.submit_next(state, None);
         }
         m.overhead.record(frame.intake_overhead + started.elapsed());
     }
@@ -1054,14 +1282,19 @@ impl Actor for Voice {
             agent_frames: Vec::with_capacity(AGENT_FRAME_POOL),
             outputs: (0..2).map(|_| StepRequest::output_buffer()).collect(),
             steps_since_status: 0,
+            turns: TurnTracker::new(self.config.user_vad_dbfs, self.config.agent_speaking_dbfs),
         }));
         let ticks = Arc::new(Feed::new(TICK_FEED));
-        let ticker = spawn_ticker(
-            Arc::clone(&ticks),
-            self.clock,
-            Arc::clone(&self.metrics),
-            self.config.realtime_priority,
-        )?;
+        let ticker = if self.config.manual_ticks {
+            None
+        } else {
+            Some(spawn_ticker(
+                Arc::clone(&ticks),
+                self.clock,
+                Arc::clone(&self.metrics),
+                self.config.realtime_priority,
+            )?)
+        };
         // On the loop's runtime, like this actor.
         let task = tokio::spawn(self.clone().run_loop(Arc::clone(&state), ticks, myself));
         Ok(VoiceIncarnation {

@@ -310,6 +310,7 @@ async fn bounded(max_unfinished: usize, retain_finished: usize) -> Ledger {
 
 fn new(object: &str) -> creature_actors::ports::NewTask {
     creature_actors::ports::NewTask {
+        intent_at: None,
         arguments: args(object),
         source: TaskSource::Api,
         plan: None,

@@ -16,6 +16,12 @@ use creature_actors::slot::ActorStatus;
 
 use super::AppState;
 
+/// Upper bounds (seconds) of the latency histograms' buckets: 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 struct Exposition(String);
 
 impl Exposition {
@@ -35,6 +41,32 @@ impl Exposition {
     fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
         self.header(name, kind, help);
         self.value(name, "", v);
+    }
+
+    /// A Prometheus histogram (cumulative `le` buckets in seconds, `_sum`, `_count`), one
+    /// series per `(labels, histogram)`.
+    fn histogram(&mut self, name: &str, help: &str, series: &[(String, &LatencyHistogram)]) {
+        self.header(name, "histogram", help);
+        for (labels, h) in series {
+            let snap = h.snapshot();
+            let sep = if labels.is_empty() { "" } else { "," };
+            for le in LATENCY_BUCKETS {
+                let n = snap.count_at_most_us((le * 1e6).round() as u64);
+                self.value(
+                    &format!("{name}_bucket"),
+                    &format!("{labels}{sep}le=\"{le}\""),
+                    n,
+                );
+            }
+            let count = snap.count();
+            self.value(
+                &format!("{name}_bucket"),
+                &format!("{labels}{sep}le=\"+Inf\""),
+                count,
+            );
+            self.value(&format!("{name}_sum"), labels, snap.sum_seconds());
+            self.value(&format!("{name}_count"), labels, count);
+        }
     }
 
     fn summary(&mut self, name: &str, help: &str, h: &LatencyHistogram) {
@@ -165,6 +197,45 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "Hand-off plus the loop's work, per tick: the brain's own part of a tick's lateness.",
         &m.own,
     );
+    out.histogram(
+        "creature_turn_response_seconds",
+        "End of the user's voice activity (after the hangover) to the agent's first frame above the speaking threshold, per answered turn (stream time; an answer begun in the hangover counts as 0).",
+        &[(String::new(), &m.turn_response)],
+    );
+    out.histogram(
+        "creature_barge_in_reaction_seconds",
+        "The user's onset over the speaking agent to the agent's output below the speaking threshold (stream time).",
+        &[(String::new(), &m.barge_in_reaction)],
+    );
+    out.histogram(
+        "creature_voice_own_latency_seconds",
+        "User frame due to agent frame out, minus model compute and any wait for a busy model: the brain's own latency, per frame.",
+        &[(String::new(), &m.own_latency)],
+    );
+    out.single(
+        "creature_turns_total",
+        "counter",
+        "User turns measured (answered or not).",
+        load(&m.turns),
+    );
+    out.single(
+        "creature_turns_unanswered_total",
+        "counter",
+        "User turns the agent did not answer before the user spoke again or 5 s passed.",
+        load(&m.unanswered_turns),
+    );
+    out.single(
+        "creature_turns_talked_over_total",
+        "counter",
+        "User turns the agent talked through without yielding (talking before the onset and after the end).",
+        load(&m.talked_over_turns),
+    );
+    out.single(
+        "creature_turn_backchannels_total",
+        "counter",
+        "Agent bursts that began while the user talked.",
+        load(&m.backchannels),
+    );
     if let Some(steal) = creature_actors::realtime::host_steal() {
         out.single(
             "creature_host_steal_seconds_total",
@@ -248,6 +319,85 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             &format!("actor=\"{}\"", a.name),
             a.mailbox,
         );
+    }
+
+    out.header(
+        "creature_actor_mailbox_peak",
+        "gauge",
+        "Deepest the mailbox has been since the process started.",
+    );
+    for a in &actors {
+        out.value(
+            "creature_actor_mailbox_peak",
+            &format!("actor=\"{}\"", a.name),
+            a.mailbox_peak,
+        );
+    }
+    let stats = brain.actor_stats();
+    let series: Vec<(String, &LatencyHistogram)> = stats
+        .iter()
+        .map(|s| (format!("actor=\"{}\"", s.name()), s.latency()))
+        .collect();
+    out.histogram(
+        "creature_actor_message_latency_seconds",
+        "Message enqueued to handled, per actor (mailbox messages).",
+        &series,
+    );
+    let bus = brain.events();
+    for (name, help, v) in super::events::bus_figures(bus) {
+        out.single(name, "counter", help, v);
+    }
+    out.single(
+        "creature_event_viewers",
+        "gauge",
+        "Event-stream viewers connected now.",
+        bus.viewers(),
+    );
+    out.header(
+        "creature_task_transitions_total",
+        "counter",
+        "Tasks that entered each state (filing enters pending), by where they came from.",
+    );
+    for (st, source, n) in bus.counters().task_transitions() {
+        out.value(
+            "creature_task_transitions_total",
+            &format!("state=\"{st}\",source=\"{source}\""),
+            n,
+        );
+    }
+    out.histogram(
+        "creature_planner_call_duration_seconds",
+        "One planner call (an LLM request, or the rule planner), from asked to answered or failed.",
+        &[(
+            format!("planner=\"{}\"", brain.reasoner.planner_name()),
+            brain.reasoner.planner_calls(),
+        )],
+    );
+    out.histogram(
+        "creature_intent_to_dispatch_seconds",
+        "An intent heard by the reasoner to its task's tool call handed to the body (a task waiting for a body counts the wait).",
+        &[(String::new(), brain.tasks.intent_to_dispatch())],
+    );
+    out.histogram(
+        "creature_face_fanout_latency_seconds",
+        "A voice frame's stats emitted by the loop to its face frame written to a phone's socket.",
+        &[(String::new(), state.face_latency())],
+    );
+    out.header(
+        "creature_drops_total",
+        "counter",
+        "Items dropped so that nothing waits or grows, by place (each counts its own items: user frames, frame stats, messages, stream events).",
+    );
+    let skipped = bus.counters().skipped.load(Ordering::Relaxed);
+    let undelivered: u64 = actors.iter().map(|a| a.undelivered).sum();
+    for (place, n) in [
+        ("voice_backlog", load(&m.dropped_frames)),
+        ("face_feed", brain.face.frames_dropped()),
+        ("affect_feed", brain.affect.frames_dropped()),
+        ("actor_between_incarnations", undelivered),
+        ("event_viewers", skipped),
+    ] {
+        out.value("creature_drops_total", &format!("place=\"{place}\""), n);
     }
 
     if let Ok(summary) = brain.tasks.summary().await {

@@ -5,6 +5,7 @@ mod api;
 mod assets;
 mod body;
 pub mod error;
+mod events;
 mod guard;
 pub mod listener;
 mod metrics;
@@ -59,6 +60,9 @@ struct Shared {
     face_latency: creature_actors::histogram::LatencyHistogram,
     /// Websocket sessions running now (face, audio, body), until each has said goodbye.
     sessions: tokio::sync::watch::Sender<usize>,
+    /// Set when the server begins to stop: event streams end on it (they would otherwise
+    /// hold the graceful stop for its whole drain time).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts one running websocket session while it lives.
@@ -85,6 +89,7 @@ impl AppState {
                 seats: ws::Seats::default(),
                 face_latency: Default::default(),
                 sessions: tokio::sync::watch::Sender::new(0),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -138,6 +143,18 @@ impl AppState {
         self.inner.brain.stopping()
     }
 
+    /// Ends once the server begins to stop or the brain to stop: the event streams' cue.
+    pub(crate) fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closing = self.inner.closing.subscribe();
+        let stopping = self.stopping();
+        async move {
+            tokio::select! {
+                _ = closing.wait_for(|c| *c) => {}
+                () = stopping => {}
+            }
+        }
+    }
+
     /// Keep `/ws/audio` closed because `who` already feeds the fast loop.
     pub fn reserve_audio(&self, who: &'static str) {
         self.inner
@@ -172,6 +189,8 @@ pub fn app(state: AppState) -> Router {
         .route("/ws/body", get(body::body))
         .route("/api/actors", get(api::actors))
         .route("/api/actors/{name}", get(api::actor))
+        .route("/api/actors/{name}/fail", post(events::fail_actor))
+        .route("/api/events", get(events::events))
         .route("/api/state", get(api::state))
         .route("/api/tasks", post(api::create_task).get(api::list_tasks))
         .route("/api/tasks/cancel", post(api::cancel_tasks))
@@ -229,6 +248,11 @@ where
         tls_handshake_timeout: secs_or(server.header_read_timeout_secs, 10.0),
         header_read_timeout: secs_or(server.header_read_timeout_secs, 10.0),
         drain_timeout: std::time::Duration::from_secs(5),
+    };
+    let closing = state.inner.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
     };
     let mut router = app(state);
     if let Some(pairing) = pairing {

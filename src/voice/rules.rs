@@ -87,6 +87,94 @@ const SMALL_TALK: &[(&[&[&str]], &str)] = &[
     ),
 ];
 
+/// What the user tells that moves the creature, and the answer, whose words carry the
+/// feeling (the monologue watcher reads "stop that", "eek", "yuck", "wow" in them and the
+/// face shows it). Tried after tasks and before small talk; earlier rows win.
+const FEELINGS: &[(&[&[&str]], &str)] = &[
+    (
+        &[
+            &["hit", "you"],
+            &["kick", "you"],
+            &["punch", "you"],
+            &["shut", "up"],
+            &["i", "hate", "you"],
+            &["you're", "stupid"],
+            &["you're", "useless"],
+            &["stupid", "robot"],
+        ],
+        "Hey, stop that right now!",
+    ),
+    (
+        &[
+            &["spider"],
+            &["spiders"],
+            &["snake"],
+            &["ghost"],
+            &["monster"],
+            &["boo"],
+            &["fire", "alarm"],
+            &["something", "in", "the", "dark"],
+        ],
+        "Eek! That's scary, I'm frightened!",
+    ),
+    (
+        &[
+            &["rotten"],
+            &["moldy"],
+            &["mouldy"],
+            &["vomit"],
+            &["puke"],
+            &["threw", "up"],
+            &["stinks"],
+            &["smells", "bad"],
+            &["ate", "a", "bug"],
+            &["sour", "milk"],
+        ],
+        "Yuck! That's disgusting.",
+    ),
+    (
+        &[
+            &["guess", "what"],
+            &["surprise"],
+            &["you", "won't", "believe"],
+            &["i'm", "getting", "married"],
+        ],
+        "Wow, no way! Really?",
+    ),
+    (
+        &[
+            &["good", "news"],
+            &["my", "birthday"],
+            &["i", "passed"],
+            &["we", "won"],
+            &["i", "won"],
+            &["got", "the", "job"],
+        ],
+        "Hooray! That's wonderful news!",
+    ),
+    (
+        &[
+            &["bad", "news"],
+            &["passed", "away"],
+            &["died"],
+            &["i", "lost", "my"],
+            &["miss", "my"],
+        ],
+        "Oh no, I'm so sorry. That's so sad.",
+    ),
+    (
+        &[
+            &["calm", "down"],
+            &["let's", "think"],
+            &["think", "it", "over"],
+            &["take", "it", "easy"],
+            &["just", "a", "thought"],
+            &["i", "wonder"],
+        ],
+        "Hmm, let me think. I see.",
+    ),
+];
+
 /// Ways of saying how one feels; the user's feelings are answered after small talk
 /// questions so "how are you" is not mistaken for a mood.
 const SPEAKER_FEELS: &[&[&str]] = &[
@@ -144,7 +232,7 @@ pub(crate) fn answer(heard: &str) -> String {
         return commit(&task, &clause);
     }
     let words = intent::words(&heard);
-    for (triggers, reply) in SMALL_TALK {
+    for (triggers, reply) in FEELINGS.iter().chain(SMALL_TALK) {
         if triggers.iter().any(|t| contains(&words, t)) {
             return (*reply).to_string();
         }
@@ -312,9 +400,17 @@ fn reads_back(said: &str, task: &ParsedTask) -> bool {
 
 fn commitment(task: &ParsedTask, p: &Phrasing) -> String {
     let object = noun_phrase(p.object_determiner.as_deref(), &task.object);
+    let place = |d: &str| {
+        if intent::is_place_adverb(d) {
+            d.to_string()
+        } else {
+            format!("to {}", noun_phrase(p.destination_determiner.as_deref(), d))
+        }
+    };
     let destination = task.destination.as_ref().map(|d| {
         let default_prep = match task.action {
             Action::Place | Action::PutDown => "on",
+            Action::Pour | Action::Throw => "into",
             _ => "to",
         };
         let prep = p.preposition.as_deref().unwrap_or(default_prep);
@@ -345,6 +441,23 @@ fn commitment(task: &ParsedTask, p: &Phrasing) -> String {
         (Action::Move, None) => format!("Okay, I'll move {object}."),
         (Action::Open, _) => format!("Sure, I'll open {object}."),
         (Action::Close, _) => format!("Okay, I'll close {object}."),
+        (Action::SwitchOn, _) => format!("Okay, I'll switch on {object}."),
+        (Action::SwitchOff, _) => format!("Okay, I'll switch off {object}."),
+        (Action::GoTo, _) => format!(
+            "Okay, I'll go {}.",
+            place(task.destination.as_deref().unwrap_or(&task.object))
+        ),
+        (Action::Pour, Some(into)) => format!("Sure, I'll pour {object} {into}."),
+        // `intent` never reads a pour without a container; say it plainly anyway.
+        (Action::Pour, None) => format!("Sure, I'll pour {object}."),
+        (Action::Clean, _) => format!("Sure, I'll clean {object}."),
+        (Action::Throw, Some(to)) => format!("Okay, I'll throw {object} {to}."),
+        (Action::Throw, None) => format!("Okay, I'll throw {object}."),
+        (Action::LookAt, _) => format!("Sure, I'll look at {object}."),
+        (Action::Pull, Some(to)) => format!("Okay, I'll pull {object} {to}."),
+        (Action::Pull, None) => format!("Okay, I'll pull {object}."),
+        (Action::Push, Some(to)) => format!("Okay, I'll push {object} {to}."),
+        (Action::Push, None) => format!("Okay, I'll push {object}."),
     }
 }
 
@@ -385,7 +498,30 @@ mod tests {
             "move the chair to the window",
             "Okay, I'll move the chair to the window.",
         ),
-        ("push the box", "Okay, I'll move the box."),
+        ("push the box", "Okay, I'll push the box."),
+        ("switch on the heater", "Okay, I'll switch on the heater."),
+        ("turn the tv off", "Okay, I'll switch off the tv."),
+        ("go to the garage", "Okay, I'll go to the garage."),
+        ("go upstairs", "Okay, I'll go upstairs."),
+        (
+            "pour the milk into my glass",
+            "Sure, I'll pour the milk into your glass.",
+        ),
+        (
+            "could you pour me a glass of milk",
+            "Sure, I'll pour the milk into the glass.",
+        ),
+        ("wipe the table", "Sure, I'll clean the table."),
+        (
+            "throw the wrapper in the bin",
+            "Okay, I'll throw the wrapper in the bin.",
+        ),
+        ("look at the plant", "Sure, I'll look at the plant."),
+        ("pull the chair out", "Okay, I'll pull the chair."),
+        (
+            "push the box into the corner",
+            "Okay, I'll push the box into the corner.",
+        ),
         ("hand me that book", "Here, I'll give you that book."),
         ("pick the cup up", "Sure, I'll pick up the cup."),
         ("put the plate down", "Okay, I'll put down the plate."),
@@ -441,6 +577,16 @@ mod tests {
             ("did you bring the cup?", DEFAULT_ANSWER),
             ("don't bring the cup", DEFAULT_ANSWER),
             ("I'll bring the cup myself", DEFAULT_ANSWER),
+            ("I'm going to hit you", "Hey, stop that right now!"),
+            (
+                "there's a spider on the wall",
+                "Eek! That's scary, I'm frightened!",
+            ),
+            ("the milk is rotten", "Yuck! That's disgusting."),
+            ("guess what happened", "Wow, no way! Really?"),
+            ("it's my birthday today", "Hooray! That's wonderful news!"),
+            ("my old dog died", "Oh no, I'm so sorry. That's so sad."),
+            ("calm down a little", "Hmm, let me think. I see."),
         ] {
             let said = answer(heard);
             assert_eq!(said, expected, "answer to {heard:?}");

@@ -9,6 +9,13 @@
 //!   by default), but not while the user is audibly talking: an answer started over the
 //!   user would be cut off by its own barge-in rule at once.
 //! - Answers play one after another; at most [`MAX_WAITING_ANSWERS`] wait.
+//! - A spoken turn gets a short reply too (it cannot tell what was said, so it only
+//!   acknowledges): when the user's voice activity ends (after the detector's hangover),
+//!   `reply_delay_ms` later, from the first sample after the delay. That makes it the
+//!   timing reference of [`creature_actors::turns`]: its measured response latency is its
+//!   reply delay. No reply when nothing typed is waiting to be said anyway, when the turn
+//!   was shorter than [`MIN_SPOKEN_TURN_FRAMES`] loud frames (a cough, a knock), or when the
+//!   turn began by interrupting the creature (it yields the floor, and waits to be asked).
 //! - After `backchannel_after_ms` of continuous user voice, with the creature silent, it
 //!   hums a soft "mm-hm", at most once every `backchannel_every_ms`. The user talking over
 //!   a backchannel is the point of it, so it is never interrupted and never counted as a
@@ -49,6 +56,10 @@ const BARGE_IN_FADE_SAMPLES: usize = SAMPLE_RATE as usize / 200;
 const ECHO_FRAMES: usize = 2;
 /// dBFS of a silent frame as [`dbfs`] reports it.
 const SILENCE_DBFS: f32 = -120.0;
+/// Loud frames a spoken turn needs before it gets a reply (160 ms).
+pub const MIN_SPOKEN_TURN_FRAMES: u32 = 2;
+/// What the creature says to a spoken turn, in rotation: acknowledgements, never a task.
+const SPOKEN_REPLIES: [&str; 4] = ["I hear you.", "Mm, tell me more.", "I see.", "Okay."];
 
 /// How the simulator behaves: `[voice.sim]` in the config file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -58,6 +69,11 @@ pub struct SimConfig {
     pub words_per_second: f32,
     /// Delay between hearing a typed utterance and starting the answer.
     pub reaction_ms: u64,
+    /// Reply to spoken turns (a short acknowledgement) as well as typed ones.
+    pub answer_speech: bool,
+    /// Delay from the end of the user's voice activity (after the detector's hangover) to
+    /// the reply to a spoken turn.
+    pub reply_delay_ms: u64,
     /// User frames at or above this level are voice.
     pub vad_threshold_dbfs: f32,
     /// How close to the creature's own output level the user must be to count as voice
@@ -79,6 +95,8 @@ impl Default for SimConfig {
         SimConfig {
             words_per_second: 3.0,
             reaction_ms: 160,
+            answer_speech: true,
+            reply_delay_ms: 160,
             vad_threshold_dbfs: -42.0,
             barge_in_margin_db: 6.0,
             backchannel_after_ms: 2_500,
@@ -114,6 +132,8 @@ pub struct SimCounters {
     pub backchannels: u64,
     /// Conversations forgotten by `reset`.
     pub resets: u64,
+    /// Spoken turns replied to.
+    pub spoken_replies: u64,
 }
 
 /// An answer waiting for its turn.
@@ -156,6 +176,10 @@ pub struct SimVoice {
     /// Levels of the last output frames, newest last, for the echo guard.
     recent_output_dbfs: [f32; ECHO_FRAMES],
     last_backchannel_at: Option<u64>,
+    /// Loud frames in the user's current (or last) spoken turn.
+    turn_loud_frames: u32,
+    /// The current spoken turn began by interrupting an answer.
+    turn_barged_in: bool,
     counters: SimCounters,
 }
 
@@ -181,6 +205,8 @@ impl SimVoice {
             speech: None,
             recent_output_dbfs: [SILENCE_DBFS; ECHO_FRAMES],
             last_backchannel_at: None,
+            turn_loud_frames: 0,
+            turn_barged_in: false,
             counters: SimCounters::default(),
             cfg,
         }
@@ -287,6 +313,31 @@ impl SimVoice {
         text
     }
 
+    /// The user's voice activity ended at `frame_start`: queue a short reply, due
+    /// `reply_delay_ms` later, unless the turn gets none (see the module docs).
+    fn reply_to_spoken_turn(&mut self, frame_start: u64) {
+        let busy = self.speaking() || !self.waiting.is_empty();
+        if !self.cfg.answer_speech
+            || busy
+            || self.turn_barged_in
+            || self.turn_loud_frames < MIN_SPOKEN_TURN_FRAMES
+        {
+            return;
+        }
+        let line =
+            SPOKEN_REPLIES[(self.counters.spoken_replies % SPOKEN_REPLIES.len() as u64) as usize];
+        let score = score_answer(line, self.shape, &mut self.rng);
+        self.waiting.push_back(WaitingAnswer {
+            score,
+            due: frame_start.saturating_add(Self::samples_of(self.cfg.reply_delay_ms)),
+        });
+        self.counters.spoken_replies += 1;
+        debug!(
+            loud_frames = self.turn_loud_frames,
+            "sim replies to a spoken turn"
+        );
+    }
+
     /// The user started talking over an answer: fade out within this frame and forget
     /// everything the creature meant to say.
     fn barge_in(&mut self, agent: &mut [f32], user_dbfs: f32) {
@@ -307,6 +358,7 @@ impl SimVoice {
                 .map(|w| w.score.words_after(0))
                 .sum::<usize>();
         self.waiting.clear();
+        self.turn_barged_in = true;
         self.counters.barge_ins += 1;
         debug!(user_dbfs, dropped_words, "sim barge-in");
     }
@@ -381,9 +433,20 @@ impl VoiceModel for SimVoice {
         let level = if level.is_finite() { level } else { 0.0 };
         let user_dbfs = dbfs(level);
         let threshold = self.voice_threshold_dbfs();
+        let was_active = self.vad.active();
         let user_active = self.vad.update_with_threshold(level, threshold);
+        if user_active && !was_active {
+            self.turn_loud_frames = 0;
+            self.turn_barged_in = false;
+        }
+        if user_dbfs >= threshold {
+            self.turn_loud_frames = self.turn_loud_frames.saturating_add(1);
+        }
 
         let frame_start = self.clock;
+        if was_active && !user_active {
+            self.reply_to_spoken_turn(frame_start);
+        }
         self.clock += FRAME_SAMPLES as u64;
         out.agent.clear();
         out.agent.resize(FRAME_SAMPLES, 0.0);
@@ -430,6 +493,7 @@ impl VoiceModel for SimVoice {
             "barge_ins": self.counters.barge_ins,
             "backchannels": self.counters.backchannels,
             "resets": self.counters.resets,
+            "spoken_replies": self.counters.spoken_replies,
         })
     }
 }
@@ -447,6 +511,15 @@ mod tests {
 
     fn sim() -> SimVoice {
         SimVoice::new(SimConfig::default())
+    }
+
+    /// A simulator that answers typed turns only (for tests of what it does while the
+    /// user talks).
+    fn sim_without_replies() -> SimVoice {
+        SimVoice::new(SimConfig {
+            answer_speech: false,
+            ..SimConfig::default()
+        })
     }
 
     fn level(frame: &[f32]) -> f32 {
@@ -485,6 +558,13 @@ mod tests {
             }
         }
         outputs
+    }
+
+    /// Step with `steps` frames of silence, whatever the creature does.
+    fn quiet(voice: &mut SimVoice, steps: usize) -> Vec<StepOutput> {
+        (0..steps)
+            .map(|_| voice.step(&SILENCE).expect("a well-formed frame"))
+            .collect()
     }
 
     fn said(outputs: &[StepOutput]) -> String {
@@ -671,7 +751,7 @@ mod tests {
 
     #[test]
     fn long_user_speech_gets_exactly_one_soft_backchannel() {
-        let mut voice = sim();
+        let mut voice = sim_without_replies();
         let mut rng = Rng::new(5);
         let mut outputs = Vec::new();
         for i in 0..3 * STEPS_PER_SECOND + 1 {
@@ -707,7 +787,7 @@ mod tests {
 
     #[test]
     fn short_user_speech_gets_no_backchannel() {
-        let mut voice = sim();
+        let mut voice = sim_without_replies();
         let mut rng = Rng::new(5);
         let mut outputs = Vec::new();
         for i in 0..STEPS_PER_SECOND {
@@ -720,6 +800,80 @@ mod tests {
                 .all(|o| o.text.is_none() && o.agent.iter().all(|&s| s == 0.0))
         );
         assert_eq!(voice.counters().backchannels, 0);
+    }
+
+    #[test]
+    fn a_spoken_turn_gets_a_short_reply_after_the_reply_delay() {
+        let mut voice = SimVoice::new(SimConfig {
+            reply_delay_ms: 400,
+            ..SimConfig::default()
+        });
+        let mut rng = Rng::new(3);
+        let mut outputs = Vec::new();
+        for i in 0..10 {
+            outputs.push(voice.step(&talking(i, &mut rng)).expect("step"));
+        }
+        // Steps 10, 11, 12 are the detector's hangover; it lets go on step 13, and the
+        // reply starts 400 ms (five steps) later, on the first sample of step 18.
+        outputs.extend(quiet(&mut voice, 5 * STEPS_PER_SECOND));
+        let first = outputs
+            .iter()
+            .position(|o| o.agent.iter().any(|&s| s != 0.0))
+            .expect("a reply");
+        assert_eq!(first, 18);
+        assert!(
+            outputs[18].agent[..48].iter().any(|&s| s != 0.0),
+            "from the step's first samples (2 ms)"
+        );
+        assert_eq!(said(&outputs), " I hear you.");
+        assert_eq!(voice.counters().spoken_replies, 1);
+        assert_eq!(voice.status()["spoken_replies"], 1);
+
+        // The next spoken turn gets the next line.
+        for i in 0..10 {
+            voice.step(&talking(i, &mut rng)).expect("step");
+        }
+        assert_eq!(
+            said(&quiet(&mut voice, 5 * STEPS_PER_SECOND)),
+            " Mm, tell me more."
+        );
+    }
+
+    #[test]
+    fn a_click_an_interruption_or_a_switched_off_setting_gets_no_spoken_reply() {
+        // One loud frame is a click, not a turn.
+        let mut voice = sim();
+        voice.step(&tone(-15.0)).expect("step");
+        assert_eq!(said(&quiet(&mut voice, 3 * STEPS_PER_SECOND)), "");
+        assert!(
+            quiet(&mut voice, STEPS_PER_SECOND)
+                .iter()
+                .all(|o| o.agent.iter().all(|&s| s == 0.0))
+        );
+
+        // A turn that interrupted the creature: it yields the floor.
+        let mut voice = sim();
+        voice
+            .hear_text("put the red book on the shelf")
+            .expect("heard");
+        for _ in 0..8 {
+            voice.step(&SILENCE).expect("step");
+        }
+        assert!(voice.speaking());
+        let mut rng = Rng::new(4);
+        for i in 0..10 {
+            voice.step(&talking(i, &mut rng)).expect("step");
+        }
+        assert_eq!(voice.counters().barge_ins, 1);
+        assert_eq!(said(&quiet(&mut voice, 3 * STEPS_PER_SECOND)), "");
+
+        // Switched off.
+        let mut voice = sim_without_replies();
+        for i in 0..10 {
+            voice.step(&talking(i, &mut rng)).expect("step");
+        }
+        assert_eq!(said(&quiet(&mut voice, 3 * STEPS_PER_SECOND)), "");
+        assert_eq!(voice.counters().spoken_replies, 0);
     }
 
     #[test]

@@ -19,7 +19,13 @@ pub struct Example {
     pub phrase: String,
     /// The task a label-1 phrase asks for; `None` for a near-miss (label 0).
     pub task: Option<LabeledTask>,
+    /// The kind of phrase it tests, from the last `# kind: NAME` comment above it
+    /// ([`UNSORTED`] before any): the evaluation reports precision and recall per kind.
+    pub kind: String,
 }
+
+/// The kind of a row with no `# kind:` comment above it.
+pub const UNSORTED: &str = "unsorted";
 
 impl Example {
     /// Whether the creature should act on this phrase (label 1).
@@ -79,9 +85,18 @@ pub struct DatasetError {
 /// Read the TSV: a header row, `#` comments and blank lines are skipped.
 pub fn parse_tsv(text: &str) -> Result<Vec<Example>, DatasetError> {
     let mut examples = Vec::new();
+    let mut kind = UNSORTED.to_string();
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;
         let err = |reason: String| DatasetError { line, reason };
+        if let Some(name) = raw.strip_prefix("# kind:") {
+            let name = name.trim();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                return Err(err(format!("a kind is a lowercase_name, not {name:?}")));
+            }
+            kind = name.to_string();
+            continue;
+        }
         if raw.trim().is_empty() || raw.starts_with('#') || raw.starts_with("label\t") {
             continue;
         }
@@ -104,9 +119,7 @@ pub fn parse_tsv(text: &str) -> Result<Vec<Example>, DatasetError> {
                 None
             }
             "1" => {
-                let action = Action::ALL
-                    .into_iter()
-                    .find(|a| a.as_str() == action)
+                let action = Action::from_name(action)
                     .ok_or_else(|| err(format!("unknown action {action:?}")))?;
                 if object.trim().is_empty() {
                     return Err(err("a label-1 row has no object".into()));
@@ -122,6 +135,7 @@ pub fn parse_tsv(text: &str) -> Result<Vec<Example>, DatasetError> {
         examples.push(Example {
             phrase: phrase.to_string(),
             task,
+            kind: kind.clone(),
         });
     }
     Ok(examples)
@@ -182,10 +196,62 @@ mod tests {
     fn the_embedded_set_reads_whole() {
         let examples = parse_tsv(EMBEDDED_TSV).unwrap();
         assert_eq!(examples.len(), embedded().len());
-        assert!(examples.len() >= 600, "{} phrases", examples.len());
+        assert!(examples.len() >= 1500, "{} phrases", examples.len());
+        assert!(
+            examples.iter().all(|e| e.kind != UNSORTED),
+            "every row has a kind"
+        );
         let positives = examples.iter().filter(|e| e.is_task()).count();
         let share = positives as f64 / examples.len() as f64;
         assert!((0.35..0.65).contains(&share), "label balance {share:.2}");
+    }
+
+    #[test]
+    fn every_action_and_every_error_kind_has_its_phrases() {
+        let examples = embedded();
+        for action in Action::ALL {
+            let n = examples
+                .iter()
+                .filter(|e| e.task.as_ref().is_some_and(|t| t.action == action))
+                .count();
+            assert!(n >= 15, "{} has {n} phrases", action.as_str());
+        }
+        for kind in [
+            "new_action",
+            "request",
+            "idiom",
+            "benefactive",
+            "clause",
+            "resultative",
+            "particle",
+            "pronoun",
+            "past",
+            "hypothetical",
+        ] {
+            let n = examples.iter().filter(|e| e.kind == kind).count();
+            assert!(n >= 12, "{kind} has {n} phrases");
+        }
+        // Every action's argument rule holds in the labels.
+        for e in examples {
+            if let Some(t) = &e.task {
+                let rule = t.action.destination_rule();
+                let ok = match rule {
+                    crate::ports::DestinationRule::Required => t.destination.is_some(),
+                    crate::ports::DestinationRule::Forbidden => t.destination.is_none(),
+                    crate::ports::DestinationRule::Optional => true,
+                };
+                assert!(ok, "{:?} breaks {rule:?}", e.phrase);
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_are_read_from_comments() {
+        let text = "0\t\t\t\thello\n# kind: idiom\n0\t\t\t\tI'll take a look\n";
+        let rows = parse_tsv(text).unwrap();
+        assert_eq!(rows[0].kind, UNSORTED);
+        assert_eq!(rows[1].kind, "idiom");
+        assert_eq!(parse_tsv("# kind: Bad Name\n").unwrap_err().line, 1);
     }
 
     #[test]

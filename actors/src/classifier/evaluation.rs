@@ -7,6 +7,7 @@ use std::fmt;
 use super::dataset::Example;
 use super::{Decision, IntentClassifier, Thresholds, TrainConfig, combine};
 use crate::intent::{self, ParsedTask};
+use crate::ports::Action;
 
 /// A confusion matrix for "is this phrase a task".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -121,7 +122,24 @@ pub struct Report {
     /// What the classifier changed: grammar readings vetoed and refusals rescued, split by
     /// whether the phrase was a task (`true_pos` = a rescued task, `false_neg` = a vetoed task).
     pub vetoes_and_rescues: Counts,
+    /// The combined detector per action: `true_pos` fired with the labeled action,
+    /// `false_pos` fired reading this action on a near-miss or on a task of another action,
+    /// `false_neg` a task of this action missed or read as another action.
+    pub per_action: Vec<(Action, Counts)>,
+    /// The combined detector on each kind of phrase (the `# kind:` tags of the set).
+    pub per_kind: Vec<(String, Counts)>,
     pub errors: Vec<ErrorCase>,
+}
+
+impl Report {
+    /// The counts of one kind of phrase (all zero when the split has none).
+    pub fn kind(&self, kind: &str) -> Counts {
+        self.per_kind
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+    }
 }
 
 /// Everything the detectors need to know about one phrase, computed once.
@@ -169,10 +187,37 @@ pub fn evaluate(model: &IntentClassifier, held_out: &[Example], thresholds: Thre
         combined: Counts::default(),
         extraction: ExtractionScore::default(),
         vetoes_and_rescues: Counts::default(),
+        per_action: Action::ALL
+            .iter()
+            .map(|&a| (a, Counts::default()))
+            .collect(),
+        per_kind: Vec::new(),
         errors: Vec::new(),
     };
     for j in judge(held_out, &scores) {
         let actual = j.example.is_task();
+        let fired = match j.decide(thresholds) {
+            Decision::Fire(d) => Some(d.task.action),
+            _ => None,
+        };
+        let labeled = j.example.task.as_ref().map(|t| t.action);
+        for (action, counts) in &mut report.per_action {
+            match (fired == Some(*action), labeled == Some(*action)) {
+                (true, true) => counts.true_pos += 1,
+                (true, false) => counts.false_pos += 1,
+                (false, true) => counts.false_neg += 1,
+                (false, false) => {}
+            }
+        }
+        let kind = j.example.kind.as_str();
+        match report.per_kind.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, counts)) => counts.add(fired.is_some(), actual),
+            None => {
+                let mut counts = Counts::default();
+                counts.add(fired.is_some(), actual);
+                report.per_kind.push((kind.to_string(), counts));
+            }
+        }
         report.rules_v1.add(j.rules_v1, actual);
         report.rules.add(j.rules.is_some(), actual);
         report.classifier.add(j.score >= 0.5, actual);
@@ -428,6 +473,22 @@ impl fmt::Display for Report {
             x.share(x.action_and_object),
             x.share(x.destination)
         )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "per action (combined)    TP   FP   FN   TN   precision  recall     F1"
+        )?;
+        for (action, c) in &self.per_action {
+            writeln!(f, "  {:<20} {c}", action.as_str())?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "per kind (combined)      TP   FP   FN   TN   precision  recall     F1"
+        )?;
+        for (kind, c) in &self.per_kind {
+            writeln!(f, "  {kind:<20} {c}")?;
+        }
         writeln!(f)?;
         writeln!(
             f,

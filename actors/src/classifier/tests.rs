@@ -38,29 +38,37 @@ fn the_embedded_model_is_the_train_split_model_and_training_is_deterministic() {
 fn held_out_precision_and_recall_clear_their_floors() {
     let report = held_out_report();
     let c = report.combined;
-    // Measured (docs/intent-watcher.md): precision 0.881, recall 0.932, F1 0.906; action
-    // and object read right on all 96 tasks fired on. The floors sit a few points below.
+    // Measured (docs/intent-watcher.md); the targets are precision 0.95 and
+    // recall 0.93 with no request to the user firing.
     assert!(
-        c.precision() >= 0.85,
+        c.precision() >= 0.95,
         "combined precision {:.3}\n{report}",
         c.precision()
     );
     assert!(
-        c.recall() >= 0.88,
+        c.recall() >= 0.93,
         "combined recall {:.3}\n{report}",
         c.recall()
     );
-    assert!(c.f1() >= 0.87, "combined F1 {:.3}\n{report}", c.f1());
+    assert_eq!(
+        report.kind("request").false_pos,
+        0,
+        "a request to the user fired\n{report}"
+    );
     assert!(
-        c.precision() > report.rules.precision() + 0.1,
-        "the classifier must filter near-misses\n{report}"
+        report.kind("request").true_neg >= 20,
+        "the held-out split must hold requests\n{report}"
     );
     assert!(
         c.f1() > report.rules_v1.f1() + 0.1,
-        "v2 must beat the v1 grammar\n{report}"
+        "v3 must beat the v1 grammar\n{report}"
+    );
+    assert!(
+        c.precision() >= report.rules.precision(),
+        "the classifier must not lower the grammar's precision\n{report}"
     );
     let x = report.extraction;
-    assert!(x.read >= 85, "{} tasks read\n{report}", x.read);
+    assert!(x.read >= 95, "{} tasks read\n{report}", x.read);
     assert!(
         x.share(x.action_and_object) >= 0.95,
         "action+object accuracy {:.3}\n{report}",
@@ -74,13 +82,25 @@ fn held_out_precision_and_recall_clear_their_floors() {
 }
 
 #[test]
+fn no_request_to_the_user_in_the_whole_set_fires() {
+    let model = IntentClassifier::embedded();
+    let fired: Vec<&str> = dataset::embedded()
+        .iter()
+        .filter(|e| e.kind == "request")
+        .filter(|e| model.detect(&e.phrase).is_some())
+        .map(|e| e.phrase.as_str())
+        .collect();
+    assert!(fired.is_empty(), "requests fired: {fired:?}");
+}
+
+#[test]
 fn the_classifier_vetoes_near_misses_the_grammar_accepts() {
     let model = IntentClassifier::embedded();
     for phrase in [
-        "I'll take a look",
-        "I can lift heavy boxes",
-        "give me a second",
-        "take a seat",
+        "I'll take the stairs",
+        "I'll take the bus",
+        "I'll take the day off",
+        "I'll close the shop at five",
     ] {
         assert!(
             intent::parse_spoken(phrase).is_some(),
@@ -110,10 +130,18 @@ fn tasks_fire_with_their_slots() {
         (Action::PickUp, "keys")
     );
 
-    let d = detect("put the book on the shelf please").unwrap();
+    let d = detect("I'll put the book on the shelf please").unwrap();
     assert_eq!(d.task.destination.as_deref(), Some("shelf"));
 
+    let d = detect("okay, heading to the garage now").unwrap();
+    assert_eq!(
+        (d.task.action, d.task.destination.as_deref()),
+        (Action::GoTo, Some("garage"))
+    );
+
     for phrase in [
+        "put the book on the shelf please",
+        "could you close the window",
         "I picked it up yesterday",
         "did you bring the cup?",
         "I like that cup",
@@ -124,16 +152,48 @@ fn tasks_fire_with_their_slots() {
 }
 
 #[test]
-fn the_classifier_rescues_what_the_grammar_refuses() {
-    let phrase = "would you mind closing the window";
+fn the_classifier_rescues_what_the_grammar_refuses_below_a_rescue_threshold() {
+    let phrase = "I'll, uh, carefully pick up the glass";
     assert_eq!(intent::parse_spoken(phrase), None);
-    let d = detect(phrase).unwrap();
+    // The chosen thresholds never rescue (see `Thresholds::CHOSEN`).
+    assert_eq!(detect(phrase), None);
+    let thresholds = Thresholds {
+        veto: Thresholds::CHOSEN.veto,
+        rescue: 0.5,
+    };
+    let model = IntentClassifier::embedded();
+    let d = model.decide_with(phrase, thresholds).detection().unwrap();
     assert_eq!(d.detector, Detector::Classifier);
     assert_eq!(
         (d.task.action, d.task.object.as_str()),
-        (Action::Close, "window")
+        (Action::PickUp, "glass")
     );
-    assert!(d.task.confidence >= Thresholds::CHOSEN.rescue);
+    assert!(d.task.confidence >= thresholds.rescue);
+    // A request to the user is not rescued at any threshold: the loose reader refuses it.
+    let request = "would you mind closing the window";
+    assert_eq!(model.decide_with(request, thresholds).detection(), None);
+}
+
+#[test]
+fn a_pronoun_resolved_from_the_previous_phrase_is_scored_spelled_out() {
+    let model = IntentClassifier::embedded();
+    assert_eq!(model.detect("okay, I'll grab it"), None);
+    let d = model
+        .decide_in_context("okay, I'll grab it", Some("cup"))
+        .detection()
+        .unwrap();
+    assert_eq!(
+        (d.task.action, d.task.object.as_str()),
+        (Action::PickUp, "cup")
+    );
+    assert!(d.score >= Thresholds::CHOSEN.veto);
+    // Context does not turn a near-miss into a task.
+    assert!(
+        model
+            .decide_in_context("could you grab it", Some("cup"))
+            .detection()
+            .is_none()
+    );
 }
 
 #[test]
@@ -143,7 +203,7 @@ fn an_untrained_model_leaves_the_rules_in_charge() {
     let d = model.detect("okay, I'll bring you the cup").unwrap();
     assert_eq!(d.detector, Detector::Rules);
     assert_eq!(
-        model.detect("I'll take a look").unwrap().detector,
+        model.detect("I'll take the bus").unwrap().detector,
         Detector::Rules
     );
     assert_eq!(model.detect("would you mind closing the window"), None);
@@ -320,4 +380,22 @@ fn print_timings(model: &IntentClassifier) {
         "decide() on a 240-character phrase: {:.1} µs",
         started.elapsed().as_secs_f64() * 1e4
     );
+}
+
+/// Prints the watcher's decision on each phrase of `CLASSIFIER_EXPLAIN` (separated by `|`),
+/// with the grammar's and the loose reader's readings: for looking into one phrase.
+#[test]
+#[ignore = "a tool for people; run with --ignored --nocapture"]
+#[allow(clippy::print_stdout)]
+fn classifier_explain() {
+    let model = IntentClassifier::embedded();
+    let phrases = std::env::var("CLASSIFIER_EXPLAIN").unwrap_or_default();
+    for phrase in phrases.split('|').filter(|p| !p.trim().is_empty()) {
+        println!(
+            "{phrase:?}\n  decision {:?}\n  grammar {:?}\n  loose {:?}",
+            model.decide(phrase),
+            intent::parse_spoken(phrase),
+            intent::extract(phrase)
+        );
+    }
 }

@@ -192,3 +192,82 @@ async fn without_a_window_the_same_task_is_sent_again() {
     // The second intent carries the phrase before it as context.
     assert_eq!(intents[1].2, ["I'll bring you the cup."]);
 }
+
+impl Watcher {
+    /// Everything sent to `affect` so far: intents spotted (as `None`) and feelings.
+    async fn affect_messages(&mut self) -> Vec<Option<WordCue>> {
+        testing::drain(self.affect.slot(), &mut self.events)
+            .await
+            .into_iter()
+            .filter_map(|m| match m {
+                AffectMsg::Event(AffectEvent::IntentDetected) => Some(None),
+                AffectMsg::Words(cue) => Some(Some(cue)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_feeling_of_a_phrase_is_cast_to_affect_after_its_intent() {
+    let mut w = watcher(config()).await;
+    w.say(1, "Yuck, I'll throw the moldy cheese in the bin!");
+    w.say(2, "Hmm, the weather is nice.");
+    w.say(3, "Stop that right now!");
+    let s = w.snapshot().await;
+    assert_eq!(s["feelings_cast"], 2, "{s}");
+    assert_eq!(s["recent_phrases"][0]["feeling"]["emotion"], "disgust");
+    assert!(s["recent_phrases"][1]["feeling"].is_null());
+    let sent = w.affect_messages().await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0], None, "the intent first");
+    assert_eq!(
+        sent[1].map(|c| c.emotion),
+        Some(crate::signals::Emotion::Disgust)
+    );
+    assert_eq!(
+        sent[2].map(|c| c.emotion),
+        Some(crate::signals::Emotion::Anger)
+    );
+    assert_eq!(w.intents().await.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pronoun_stands_for_the_thing_the_previous_phrase_named() {
+    let mut w = watcher(config()).await;
+    w.say(1, "Oh no, your cup is about to fall.");
+    w.say(2, "I'll grab it!");
+    let s = w.snapshot().await;
+    let intents = w.intents().await;
+    assert_eq!(intents.len(), 1, "{intents:?} {s}");
+    assert_eq!(intents[0].0, "cup");
+    // With nothing named before, a pronoun is no task.
+    let mut fresh = watcher(config()).await;
+    fresh.say(1, "I'll grab it!");
+    assert_eq!(fresh.snapshot().await["phrases_closed"], 1);
+    assert!(fresh.intents().await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_to_the_user_never_reach_the_reasoner() {
+    let mut w = watcher(config()).await;
+    for (tick, phrase) in [
+        "Could you close the window?",
+        "Please put your boots away.",
+        "You should take your coat.",
+        "Don't forget to switch off the lights.",
+        "Let's pick up where we left off.",
+        "Bring me the remote.",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w.say(tick as u64, phrase);
+    }
+    w.say(9, "Okay, heading to the garage now.");
+    let s = w.snapshot().await;
+    assert_eq!(s["phrases_closed"], 7, "{s}");
+    let intents = w.intents().await;
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0].0, "garage");
+}

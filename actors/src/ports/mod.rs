@@ -9,7 +9,8 @@ mod voice;
 
 pub use body::{BodyCommand, BodyReport, BodyState};
 pub use planner::{
-    Action, Intent, InvalidTask, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError,
+    Action, DestinationRule, Intent, InvalidTask, PhysicalTask, PlanContext, PlanOutcome, Planner,
+    PlannerError,
 };
 pub use store::{
     LifecycleError, MemoryTaskStore, NewTask, Page, PageOrder, PageQuery, PlanStep, Progress,

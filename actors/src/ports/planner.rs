@@ -23,11 +23,42 @@ pub enum Action {
     Open,
     /// Close something ("close the drawer").
     Close,
+    /// Switch a device on ("switch the heater on", "turn on the lamp"). No destination.
+    SwitchOn,
+    /// Switch a device off ("turn the tv off"). No destination.
+    SwitchOff,
+    /// Go somewhere ("heading to the garage"): `destination` is where, and required;
+    /// `object` names the same place or the thing gone to.
+    GoTo,
+    /// Pour something into a container ("pour you a glass of milk": `object` milk,
+    /// `destination` glass). The destination is required.
+    Pour,
+    /// Clean, wipe, wash or tidy something ("wipe the table"). No destination.
+    Clean,
+    /// Throw something, maybe somewhere ("toss the wrapper in the bin").
+    Throw,
+    /// Look at or point at something ("let me look at that plant"). No destination.
+    LookAt,
+    /// Pull something, maybe somewhere ("pull the chair back to the table").
+    Pull,
+    /// Push something, maybe somewhere ("push the box into the corner").
+    Push,
+}
+
+/// Whether an action takes a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationRule {
+    /// It must have one ("place", "go_to", "pour").
+    Required,
+    /// It may have one ("bring the cup to the kitchen").
+    Optional,
+    /// A destination means nothing for it ("switch_on", "clean", "look_at").
+    Forbidden,
 }
 
 impl Action {
     /// Every action, in the order the schema lists them.
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 17] = [
         Action::Bring,
         Action::PickUp,
         Action::PutDown,
@@ -36,6 +67,15 @@ impl Action {
         Action::Move,
         Action::Open,
         Action::Close,
+        Action::SwitchOn,
+        Action::SwitchOff,
+        Action::GoTo,
+        Action::Pour,
+        Action::Clean,
+        Action::Throw,
+        Action::LookAt,
+        Action::Pull,
+        Action::Push,
     ];
 
     /// The wire name (`pick_up`, ...).
@@ -49,6 +89,40 @@ impl Action {
             Action::Move => "move",
             Action::Open => "open",
             Action::Close => "close",
+            Action::SwitchOn => "switch_on",
+            Action::SwitchOff => "switch_off",
+            Action::GoTo => "go_to",
+            Action::Pour => "pour",
+            Action::Clean => "clean",
+            Action::Throw => "throw",
+            Action::LookAt => "look_at",
+            Action::Pull => "pull",
+            Action::Push => "push",
+        }
+    }
+
+    /// The action with this wire name, if there is one.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// The argument rule for `destination` (the schema states the same rules).
+    pub fn destination_rule(self) -> DestinationRule {
+        match self {
+            Action::Place | Action::GoTo | Action::Pour => DestinationRule::Required,
+            Action::SwitchOn | Action::SwitchOff | Action::Clean | Action::LookAt => {
+                DestinationRule::Forbidden
+            }
+            Action::Bring
+            | Action::PickUp
+            | Action::PutDown
+            | Action::Give
+            | Action::Move
+            | Action::Open
+            | Action::Close
+            | Action::Throw
+            | Action::Pull
+            | Action::Push => DestinationRule::Optional,
         }
     }
 }
@@ -99,6 +173,15 @@ impl PhysicalTask {
                 });
             }
         }
+        match (self.action.destination_rule(), &self.destination) {
+            (DestinationRule::Required, None) => {
+                return Err(InvalidTask::NeedsDestination(self.action.as_str()));
+            }
+            (DestinationRule::Forbidden, Some(_)) => {
+                return Err(InvalidTask::NoDestination(self.action.as_str()));
+            }
+            _ => {}
+        }
         if self.utterance.chars().count() > Self::MAX_UTTERANCE {
             return Err(InvalidTask::TooLong {
                 field: "utterance",
@@ -123,6 +206,10 @@ pub enum InvalidTask {
     TooLong { field: &'static str, max: usize },
     #[error("`confidence` {0} is outside 0..1")]
     Confidence(f32),
+    #[error("`{0}` needs a `destination`")]
+    NeedsDestination(&'static str),
+    #[error("`{0}` takes no `destination`")]
+    NoDestination(&'static str),
 }
 
 /// A physical-task intent spotted in the inner monologue.

@@ -248,6 +248,9 @@ pub struct NewTask {
     pub arguments: PhysicalTask,
     pub source: TaskSource,
     pub plan: Option<PlanStep>,
+    /// When the intent it carries out was heard (tasks from the monologue), to time
+    /// intent -> dispatch; never stored.
+    pub intent_at: Option<std::time::Instant>,
 }
 
 /// Which way a page runs.
@@ -497,6 +500,7 @@ mod tests {
     fn the_memory_store_numbers_densely_and_pages_both_ways() {
         let store = MemoryTaskStore::default();
         let new = |o: &str| NewTask {
+            intent_at: None,
             arguments: PhysicalTask {
                 object: o.into(),
                 ..args()

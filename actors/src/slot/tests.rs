@@ -226,3 +226,36 @@ async fn a_failure_forgets_the_dead_mailbox() {
     assert_eq!(summary.last_error.as_deref(), Some("died while starting"));
     starting.abort();
 }
+
+#[test]
+fn the_counters_keep_mailbox_depth_its_peak_and_each_messages_wait() {
+    let stats = ActorStats::new(NAME);
+    for _ in 0..3 {
+        let seq = stats.enqueue();
+        stats.enqueued(seq);
+    }
+    assert_eq!(stats.mailbox(), 3);
+    std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..3 {
+        stats.mark_handled();
+    }
+    // A timer message the actor sent itself: handled, never enqueued through the slot.
+    stats.mark_handled();
+    let summary = stats.summary();
+    assert_eq!(summary.mailbox, 0, "never below empty");
+    assert_eq!(summary.mailbox_peak, 3);
+    assert_eq!(summary.handled, 4);
+    assert_eq!(summary.latency_ms.count, 3, "one wait per mailbox message");
+    assert!(
+        summary.latency_ms.p50_ms >= 19.0,
+        "they waited the 20 ms: {:?}",
+        summary.latency_ms
+    );
+    let figures = stats.figures();
+    assert_eq!(figures.mailbox_recent_peak, 3);
+    assert_eq!(
+        stats.figures().mailbox_recent_peak,
+        0,
+        "a new window begins"
+    );
+}

@@ -48,6 +48,7 @@ fn args(object: &str) -> PhysicalTask {
 
 fn new_task(object: &str) -> NewTask {
     NewTask {
+        intent_at: None,
         arguments: args(object),
         source: TaskSource::Api,
         plan: None,
@@ -319,4 +320,36 @@ async fn unacknowledged_tasks_are_sent_again_in_numeric_order() {
     let snapshot = tasks.snapshot().await.unwrap();
     assert_eq!(snapshot["redeliveries"], 10, "{snapshot}");
     assert_eq!(tasks.get("task-10").await.unwrap().deliveries, 2);
+}
+
+#[tokio::test]
+async fn intent_to_dispatch_is_timed_from_the_intent_to_the_bodys_tool_call() {
+    let (tasks, _) = ledger(quiet(), Arc::new(MemoryTaskStore::default())).await;
+    // Heard 50 ms ago; no body yet, so the task waits (and the wait counts).
+    let heard = std::time::Instant::now() - Duration::from_millis(50);
+    let from_intent = NewTask {
+        intent_at: Some(heard),
+        ..new_task("cup")
+    };
+    tasks
+        .create_many(vec![from_intent, new_task("plate")])
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks.intent_to_dispatch().count(),
+        0,
+        "nothing dispatched yet"
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (tx, mut rx) = mpsc::channel(8);
+    tasks.attach_body(tx).await.unwrap();
+    assert_eq!(tool_calls(&mut rx), ["task-1", "task-2"]);
+    // One timing: the task from an intent; the other has none.
+    let timed = tasks.intent_to_dispatch().snapshot();
+    assert_eq!(timed.count(), 1);
+    assert!(
+        timed.percentiles().max_ms >= 80.0,
+        "the wait for a body counts: {:?}",
+        timed.percentiles()
+    );
 }

@@ -111,6 +111,7 @@ fn config(backlog_frames: usize) -> VoiceConfig {
     VoiceConfig {
         backlog_frames,
         realtime_priority: false,
+        manual_ticks: true,
         ..VoiceConfig::default()
     }
 }
@@ -266,4 +267,45 @@ async fn barge_in_is_set_on_exactly_the_frame_where_the_user_starts_over_the_age
     );
     assert_eq!(r.metric(|m| &m.barge_ins), 1);
     assert_eq!(r.metric(|m| &m.overruns), 0);
+}
+
+#[tokio::test]
+async fn a_turn_is_measured_from_the_frames_and_published_for_readers() {
+    // Tick:   1..=5 user talks; 6, 7, 8 hangover; 9 the detector lets go; the agent is
+    // silent until it answers on tick 12: a response of 3 frames (240 ms).
+    let loud = 0.3;
+    let mut script = vec![free(0.0); 11];
+    script.extend([free(loud); 3]);
+    let mut r = rig(config(3), script).await;
+    let mut tap = r.voice.subscribe_steps();
+    for n in 1..=14u64 {
+        let level = if n <= 5 { loud } else { 0.0 };
+        r.tick(n, level).await;
+        r.steps_done(n).await;
+    }
+    let report = r.voice.report().turns;
+    assert_eq!(report.count, 1, "{report:?}");
+    assert_eq!(report.answered, 1);
+    let turn = report.recent[0];
+    assert_eq!((turn.user_start_tick, turn.user_end_tick), (1, 9));
+    assert_eq!(turn.answer_tick, Some(12));
+    assert_eq!(turn.response_ms, Some(240.0));
+    assert_eq!(report.response_ms.count, 1);
+    assert!(
+        (report.response_ms.p50_ms - 240.0).abs() < 240.0 * 0.07,
+        "{report:?}"
+    );
+    assert_eq!(report.own_latency_ms.count, 14, "one per step");
+    let s = r.voice.snapshot().await.unwrap();
+    assert_eq!(s["turns"]["count"], 1, "{s}");
+    assert_eq!(s["turns"]["recent"][0]["outcome"], "answered", "{s}");
+    // The tap saw every step with its place in the user's stream.
+    let mut from = Vec::new();
+    while let Ok(step) = tap.try_recv() {
+        assert_eq!(step.user_samples, FRAME_SAMPLES);
+        from.push(step.user_from);
+    }
+    let expected: Vec<u64> = (0..14).map(|i| i * FRAME_SAMPLES as u64).collect();
+    assert_eq!(from, expected);
+    let _ = r.frames().await;
 }

@@ -458,7 +458,10 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// All tensors of a safetensors file, on `device` in the file's own dtype.
-pub(super) fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, VoiceError> {
+pub(super) fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, VoiceError> {
     if !path.is_file() {
         return Err(load_error(path, "missing file"));
     }
