@@ -45,6 +45,16 @@ pub fn promote_current_thread(what: &'static str) -> Priority {
     promote_current_thread_to(what, REALTIME_LEVEL)
 }
 
+/// The face sockets' writer thread: real-time below the model, so a frame reaches every
+/// phone without waiting behind bulk work, while the loop and the model always preempt it.
+/// Its work is bounded (one small write per phone per frame).
+const FANOUT_LEVEL: u8 = 20;
+
+/// Raise the face writers' thread (real-time below the model, where allowed).
+pub fn promote_fanout_thread(what: &'static str) -> Priority {
+    promote_current_thread_to(what, FANOUT_LEVEL)
+}
+
 /// Raise the model's compute thread (real-time one step below the loop, where allowed).
 pub fn promote_model_thread(what: &'static str) -> Priority {
     promote_current_thread_to(what, MODEL_LEVEL)

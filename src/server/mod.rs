@@ -6,6 +6,7 @@ mod assets;
 mod body;
 pub mod error;
 mod events;
+mod fanout;
 mod guard;
 pub mod listener;
 mod metrics;
@@ -57,7 +58,10 @@ struct Shared {
     /// Who holds the face sockets and the audio seat (newest audio client wins).
     seats: ws::Seats,
     /// Voice loop emits a frame's stats -> its face frame is written to a phone's socket.
-    face_latency: creature_actors::histogram::LatencyHistogram,
+    face_latency: Arc<creature_actors::histogram::LatencyHistogram>,
+    /// The face sockets' writers' own thread (none if the OS refused one: then they run on
+    /// the shared workers).
+    face_writers: Option<fanout::FaceWriters>,
     /// Websocket sessions running now (face, audio, body), until each has said goodbye.
     sessions: tokio::sync::watch::Sender<usize>,
     /// Set when the server begins to stop: event streams end on it (they would otherwise
@@ -77,6 +81,13 @@ impl Drop for SessionGuard {
 impl AppState {
     pub fn new(brain: Arc<BrainHandle>, config: Config) -> Self {
         let guard = guard::Guard::new(&config);
+        let face_writers = match fanout::FaceWriters::start(config.voice.actor.realtime_priority) {
+            Ok(writers) => Some(writers),
+            Err(e) => {
+                tracing::warn!(cause = %e, "no thread for the face writers; they share the async workers");
+                None
+            }
+        };
         AppState {
             inner: Arc::new(Shared {
                 brain,
@@ -88,6 +99,7 @@ impl AppState {
                 guard,
                 seats: ws::Seats::default(),
                 face_latency: Default::default(),
+                face_writers,
                 sessions: tokio::sync::watch::Sender::new(0),
                 closing: tokio::sync::watch::Sender::new(false),
             }),
@@ -116,6 +128,15 @@ impl AppState {
     /// How long face frames take from the voice loop to a phone's socket.
     pub fn face_latency(&self) -> &creature_actors::histogram::LatencyHistogram {
         &self.inner.face_latency
+    }
+
+    pub(crate) fn face_latency_arc(&self) -> Arc<creature_actors::histogram::LatencyHistogram> {
+        Arc::clone(&self.inner.face_latency)
+    }
+
+    /// The face writers' runtime, if it has its own thread.
+    pub(crate) fn face_writers(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.face_writers.as_ref().map(|w| w.handle())
     }
 
     /// Count a websocket session until the guard is dropped.

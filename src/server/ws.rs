@@ -378,9 +378,10 @@ pub(super) async fn face(
                 sink,
                 stream,
                 rx,
-                state.face_latency(),
+                state.face_latency_arc(),
                 timing,
                 kicked_or_stopping(evicted(notice), state.stopping()),
+                state.face_writers(),
             )
             .await;
             tracing::debug!(seat, addr = ?addr, end = ?end, "face socket ended");
@@ -389,70 +390,111 @@ pub(super) async fn face(
 
 /// Send every new face frame until the phone goes away, recording in `latency` how long
 /// each took from the voice loop to the socket. What the phone sends is read only to notice
-/// that it is alive; `kick` ends the session with its close reason.
+/// that it is alive; `kick` ends the session with its close reason. The writer runs on
+/// `writers` when given (the face writers' own thread: see `fanout`), else in place.
 pub async fn face_session<Si, St, E, K>(
-    mut sink: Si,
+    sink: Si,
     mut stream: St,
-    mut rx: OutletReader<FaceUpdate>,
-    latency: &LatencyHistogram,
+    rx: OutletReader<FaceUpdate>,
+    latency: Arc<LatencyHistogram>,
     timing: LinkTiming,
     kick: K,
+    writers: Option<&tokio::runtime::Handle>,
 ) -> SessionEnd
 where
-    Si: Sink<Message> + Unpin,
+    Si: Sink<Message> + Unpin + Send + 'static,
     St: Stream<Item = Result<Message, E>> + Unpin,
     K: Future<Output = CloseReason>,
 {
-    let end = {
-        let writer = async {
-            let first = rx.borrow_and_update().json.clone();
-            if !send_within(
-                &mut sink,
-                Message::Text((&*first).into()),
-                timing.send_within,
-            )
-            .await
-            {
-                return SessionEnd::Stalled;
+    // The writer hands the sink back with its reason to end, so the close frame goes out
+    // on the same socket; `stop` ends it when the reader or the kick ends the session.
+    let (stop, stopped) = oneshot::channel::<SessionEnd>();
+    let writer = write_faces(sink, rx, latency, timing, stopped);
+    let mut writer = match writers {
+        Some(rt) => rt.spawn(writer),
+        None => tokio::spawn(writer),
+    };
+    let reader = async {
+        loop {
+            if let Err(end) = next_within(&mut stream, timing.idle_after).await {
+                return end;
             }
-            let mut ping = pinger(timing);
-            loop {
-                tokio::select! {
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            return SessionEnd::Closed(CloseReason::Shutdown);
-                        }
-                        let update = rx.borrow_and_update();
-                        if !send_within(&mut sink, Message::Text((&*update.json).into()), timing.send_within).await {
-                            return SessionEnd::Stalled;
-                        }
-                        if let Some(at) = update.source_at {
-                            latency.record(at.elapsed());
-                        }
-                    }
-                    _ = ping.tick() => {
-                        if !send_within(&mut sink, Message::Ping(Default::default()), timing.send_within).await {
-                            return SessionEnd::Stalled;
-                        }
-                    }
-                }
-            }
-        };
-        let reader = async {
-            loop {
-                if let Err(end) = next_within(&mut stream, timing.idle_after).await {
-                    return end;
-                }
-            }
-        };
-        tokio::select! {
-            end = writer => end,
-            end = reader => end,
-            reason = kick => SessionEnd::Closed(reason),
         }
     };
-    finish(&mut sink, &mut stream, end, timing).await;
+    let (end, sink) = tokio::select! {
+        done = &mut writer => match done {
+            Ok(done) => (done.0, Some(done.1)),
+            Err(_) => (SessionEnd::Closed(CloseReason::Shutdown), None),
+        },
+        end = reader => {
+            let _ = stop.send(end);
+            match writer.await {
+                Ok((_, sink)) => (end, Some(sink)),
+                Err(_) => (end, None),
+            }
+        }
+        reason = kick => {
+            let end = SessionEnd::Closed(reason);
+            let _ = stop.send(end);
+            match writer.await {
+                Ok((_, sink)) => (end, Some(sink)),
+                Err(_) => (end, None),
+            }
+        }
+    };
+    if let Some(mut sink) = sink {
+        finish(&mut sink, &mut stream, end, timing).await;
+    }
     end
+}
+
+/// The writing half of a face session: the first frame, then every newer one and a ping
+/// now and then, until a write stalls, the outlet closes or `stop` says why to end.
+async fn write_faces<Si>(
+    mut sink: Si,
+    mut rx: OutletReader<FaceUpdate>,
+    latency: Arc<LatencyHistogram>,
+    timing: LinkTiming,
+    mut stop: oneshot::Receiver<SessionEnd>,
+) -> (SessionEnd, Si)
+where
+    Si: Sink<Message> + Unpin + Send + 'static,
+{
+    let first = rx.borrow_and_update().json.clone();
+    if !send_within(
+        &mut sink,
+        Message::Text((&*first).into()),
+        timing.send_within,
+    )
+    .await
+    {
+        return (SessionEnd::Stalled, sink);
+    }
+    let mut ping = pinger(timing);
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return (SessionEnd::Closed(CloseReason::Shutdown), sink);
+                }
+                let update = rx.borrow_and_update();
+                if !send_within(&mut sink, Message::Text((&*update.json).into()), timing.send_within).await {
+                    return (SessionEnd::Stalled, sink);
+                }
+                if let Some(at) = update.source_at {
+                    latency.record(at.elapsed());
+                }
+            }
+            _ = ping.tick() => {
+                if !send_within(&mut sink, Message::Ping(Default::default()), timing.send_within).await {
+                    return (SessionEnd::Stalled, sink);
+                }
+            }
+            end = &mut stop => {
+                return (end.unwrap_or(SessionEnd::Closed(CloseReason::Shutdown)), sink);
+            }
+        }
+    }
 }
 
 pub(super) async fn audio(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
