@@ -12,7 +12,33 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_creature");
 
 /// `creature serve` on a free port; returns the process and its base URL.
-fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
+/// A brain process that is killed when the test ends, failed assertions included, so a
+/// failing test never leaves a brain running.
+struct Served(Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn serve(data: &Path, extra: &[&str]) -> (Served, String) {
     let addr = if extra.contains(&"--addr") {
         vec![]
     } else {
@@ -30,7 +56,7 @@ fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
         .spawn()
         .expect("creature serve starts");
     let url = common::listen_url(child.stderr.take().unwrap(), None);
-    (child, url)
+    (Served(child), url)
 }
 
 fn cli(args: &[&str], url: &str) -> Output {
@@ -263,20 +289,22 @@ async fn a_task_in_flight_survives_kill_9_of_the_brain_and_is_done_exactly_once(
     let addr = format!("127.0.0.1:{port}");
     let (mut brain, url) = serve(data.path(), &["--addr", &addr]);
     let body_log = tempfile::NamedTempFile::new().unwrap();
-    let mut body = Command::new(BIN)
-        .args([
-            "body-sim",
-            "--url",
-            &format!("ws://{addr}/ws/body"),
-            "--failure-rate",
-            "0",
-            "--speed",
-            "1.5",
-        ])
-        .stdout(body_log.reopen().unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut body = Served(
+        Command::new(BIN)
+            .args([
+                "body-sim",
+                "--url",
+                &format!("ws://{addr}/ws/body"),
+                "--failure-rate",
+                "0",
+                "--speed",
+                "1.5",
+            ])
+            .stdout(body_log.reopen().unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let http = reqwest::Client::new();
     let created: Value = http
         .post(format!("{url}/api/tasks"))
