@@ -1,5 +1,6 @@
-//! The phone face in a real browser: headless Chromium opens `/face` from a real brain and
-//! is driven over the DevTools protocol; the page reports what it received and rendered.
+//! The phone face and the inspector in a real browser: headless Chromium opens `/face` and
+//! `/inspector` from a real brain and is driven over the DevTools protocol; the pages report
+//! what they received and rendered.
 //! `./.ci/test` installs Chromium; without it this test fails and says so.
 
 mod common;
@@ -814,4 +815,179 @@ fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------- the inspector page
+// It renders the supervision tree from the event stream, moves without a reload, shows an
+// injected failure in its restart timeline within a second, links a phrase to the task it
+// filed, cancels a task from its button, logs no console errors, and never asks for the
+// whole task ledger or polls the collections.
+
+const TREE_STATE: &str = "JSON.stringify([...document.querySelectorAll('#tree .node')].map(n => ({name: n.dataset.actor, status: n.dataset.status})))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_page_lives_on_the_event_stream() {
+    let brain = common::start_with(|c| c.inspect.fault_injection = true).await;
+    let browser = Browser::open("about:blank");
+    let mut page = browser.tools().await;
+    // Every request the page makes is recorded from the first one on.
+    page.call("Network.enable", json!({})).await;
+    page.navigate(&format!("{}/inspector", brain.url)).await;
+
+    // The tree: the root and its six children, all running.
+    let tree = page
+        .wait_for(
+            Duration::from_secs(15),
+            "seven running actors",
+            TREE_STATE,
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.len() == 7 && a.iter().all(|n| n["status"] == "running"))
+            },
+        )
+        .await;
+    let names: Vec<&str> = tree
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "brain",
+            "voice",
+            "monologue",
+            "reasoner",
+            "tasks",
+            "affect",
+            "face"
+        ]
+    );
+
+    // The tick counter moves without a reload.
+    let first = page
+        .wait_for(
+            Duration::from_secs(5),
+            "a tick count",
+            "+(document.getElementById('ticks').dataset.ticks || 0)",
+            |v| v.as_u64().unwrap_or(0) > 0,
+        )
+        .await
+        .as_u64()
+        .unwrap();
+    page.wait_for(
+        Duration::from_secs(5),
+        "the tick count to move",
+        "+(document.getElementById('ticks').dataset.ticks || 0)",
+        |v| v.as_u64().unwrap_or(0) > first,
+    )
+    .await;
+
+    // An injected failure shows in the timeline within a second, and the child comes back.
+    page.eval("document.querySelector('button.fail[data-actor=reasoner]').click()")
+        .await;
+    let clicked = Instant::now();
+    page.wait_for(
+        Duration::from_secs(1),
+        "the restart in the timeline",
+        "document.querySelectorAll('#timeline li.restart[data-actor=reasoner]').length",
+        |v| v.as_u64() == Some(1),
+    )
+    .await;
+    assert!(clicked.elapsed() < Duration::from_secs(1));
+    page.wait_for(
+        Duration::from_secs(5),
+        "the reasoner running again",
+        TREE_STATE,
+        |v| {
+            v.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|n| n["name"] == "reasoner" && n["status"] == "running")
+            })
+        },
+    )
+    .await;
+    let (_, reasoner) = brain.get("/api/actors/reasoner").await;
+    assert_eq!(reasoner["restarts"], 1, "{reasoner}");
+
+    // A phrase and the task it filed appear, linked.
+    brain
+        .post("/api/hear", json!({"text": "bring me the cup"}))
+        .await;
+    // The live face preview opens its mouth while the creature answers aloud.
+    page.wait_for(
+        Duration::from_secs(5),
+        "the preview's mouth to open",
+        "+(document.getElementById('mini').dataset.mouth || 0)",
+        |v| v.as_f64().unwrap_or(0.0) > 0.1,
+    )
+    .await;
+    let linked = page
+        .wait_for(
+            Duration::from_secs(10),
+            "the phrase linked to its task",
+            "JSON.stringify([...document.querySelectorAll('#transcript a.tasklink')].map(a => ({task: a.dataset.task, phrase: a.closest('p').textContent, row: !!document.getElementById('task-' + a.dataset.task)})))",
+            |v| v.as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+    let link = &linked[0];
+    assert_eq!(link["row"], true, "the link points at a task row: {link}");
+    assert!(
+        link["phrase"].as_str().unwrap().contains("bring cup"),
+        "the intent is highlighted: {link}"
+    );
+    let id = link["task"].as_str().unwrap().to_string();
+    let (_, task) = brain.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(task["source"], "monologue");
+    assert_eq!(task["arguments"]["object"], "cup");
+
+    // Cancel from the page cancels.
+    page.eval(&format!(
+        "document.querySelector('button.cancel[data-task=\"{id}\"]').click()"
+    ))
+    .await;
+    page.wait_for(
+        Duration::from_secs(5),
+        "the row to say cancelled",
+        &format!("document.getElementById('task-{id}').dataset.state"),
+        |v| v == "cancelled",
+    )
+    .await;
+    let (_, task) = brain.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(task["state"], "cancelled");
+
+    // What the page asked for: one page of tasks, never the whole ledger, and no polling.
+    page.eval("1").await; // collect the events sent so far
+    let requests: Vec<&str> = page
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Network.requestWillBeSent")
+        .filter_map(|e| e["params"]["request"]["url"].as_str())
+        .collect();
+    let tasks: Vec<&&str> = requests
+        .iter()
+        .filter(|r| r.contains("/api/tasks?") || r.ends_with("/api/tasks"))
+        .collect();
+    assert_eq!(tasks.len(), 1, "one page of tasks: {requests:?}");
+    assert!(tasks[0].contains("limit=20"), "{requests:?}");
+    for polled in ["/api/actors", "/api/state"] {
+        assert!(
+            !requests.iter().any(|r| r.ends_with(polled)),
+            "{polled} is never polled: {requests:?}"
+        );
+    }
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.ends_with("/api/events"))
+            .count(),
+        1,
+        "one stream, never reconnected: {requests:?}"
+    );
+    let errors = page.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    drop(page);
+    drop(browser);
+    brain.service.shutdown().await;
 }
