@@ -108,21 +108,6 @@ impl Default for RemoteConfig {
 }
 
 impl RemoteConfig {
-    /// The sampling keys, as the session URL carries them.
-    pub fn sampling(&self) -> wire::Sampling {
-        wire::Sampling {
-            text_temperature: self.text_temperature,
-            text_topk: self.text_topk,
-            audio_temperature: self.audio_temperature,
-            audio_topk: self.audio_topk,
-            pad_mult: self.pad_mult,
-            repetition_penalty_context: self.repetition_penalty_context,
-            repetition_penalty: self.repetition_penalty,
-            text_seed: self.text_seed,
-            audio_seed: self.audio_seed,
-        }
-    }
-
     /// Refuse values the remote backend cannot run with, naming the key.
     pub fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
@@ -282,7 +267,7 @@ mod backend {
     impl RemoteVoice {
         /// Start the network thread; it connects in the background.
         pub fn start(config: RemoteConfig) -> Result<Self, VoiceError> {
-            let session_url = wire::session_url(&config.url, &config.sampling());
+            let session_url = wire::session_url(&config.url, &config);
             session_url.as_str().into_client_request().map_err(|e| {
                 VoiceError::Input(format!(
                     "voice.remote.url {:?} is not usable: {e}",

@@ -122,24 +122,9 @@ pub fn audio_message(ogg: &[u8]) -> Vec<u8> {
     message
 }
 
-/// The sampling settings the server's model runs with, sent in the query string (the
-/// config's `[voice.remote]` keys of the same names).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    pub text_temperature: f64,
-    pub text_topk: u32,
-    pub audio_temperature: f64,
-    pub audio_topk: u32,
-    pub pad_mult: f32,
-    pub repetition_penalty_context: u32,
-    pub repetition_penalty: f32,
-    pub text_seed: Option<u64>,
-    pub audio_seed: Option<u64>,
-}
-
-/// The URL to open: `base` with the sampling settings added to its query string (after any
+/// The URL to open: `base` with the config's sampling keys added to its query string (after any
 /// query `base` already has, such as an auth id).
-pub fn session_url(base: &str, params: &Sampling) -> String {
+pub fn session_url(base: &str, params: &super::RemoteConfig) -> String {
     let mut url = base.to_string();
     let mut sep = if base.contains('?') { '&' } else { '?' };
     let mut add = |name: &str, value: &dyn std::fmt::Display| {
@@ -170,17 +155,10 @@ pub fn session_url(base: &str, params: &Sampling) -> String {
 mod tests {
     use super::*;
 
-    fn params() -> Sampling {
-        Sampling {
-            text_temperature: 0.7,
-            text_topk: 25,
-            audio_temperature: 0.8,
-            audio_topk: 250,
-            pad_mult: 0.0,
-            repetition_penalty_context: 64,
-            repetition_penalty: 1.0,
-            text_seed: None,
+    fn params() -> super::super::RemoteConfig {
+        super::super::RemoteConfig {
             audio_seed: Some(42),
+            ..Default::default()
         }
     }
 
