@@ -54,22 +54,14 @@ pub struct Target {
 
 impl Target {
     fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(MAX_IN_FLIGHT as usize);
-        if let Some(pem) = &self.cert_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let Some(token) = &self.token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
-            value.set_sensitive(true);
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-            builder = builder.default_headers(headers);
-        }
-        Ok(builder.build()?)
+        let certs = match &self.cert_pem {
+            Some(pem) => reqwest::Certificate::from_pem_bundle(pem)?,
+            None => Vec::new(),
+        };
+        crate::cli::brain_client(builder, self.token.as_deref(), certs)
     }
 }
 

@@ -596,30 +596,20 @@ impl Client {
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
-        if let Some(token) = token.filter(|t| !t.is_empty()) {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the access token has characters a header cannot carry")?;
-            value.set_sensitive(true);
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-            builder = builder.default_headers(headers);
-        }
         let cert = args
             .data_dir
             .join(crate::pairing::TLS_DIR)
             .join(crate::pairing::CERT_FILE);
+        let mut certs = Vec::new();
         if base.starts_with("https://") && cert.exists() {
             let pem = std::fs::read(&cert).with_context(|| {
                 format!("cannot read the brain's certificate {}", cert.display())
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("{} is not a PEM certificate", cert.display()))?;
-            builder = builder.tls_certs_merge(certs);
         }
-        Ok(Client {
-            base,
-            http: builder.build()?,
-        })
+        let http = brain_client(builder, token.as_deref(), certs)?;
+        Ok(Client { base, http })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -662,6 +652,28 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
             .await
     }
+}
+
+/// An HTTP client for a brain: `token` (if any, and not empty) as the bearer on every
+/// request, and `certs` (the brain's own certificate) trusted besides the system's roots.
+pub(crate) fn brain_client(
+    builder: reqwest::ClientBuilder,
+    token: Option<&str>,
+    certs: Vec<reqwest::Certificate>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = builder;
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the access token has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if !certs.is_empty() {
+        builder = builder.tls_certs_merge(certs);
+    }
+    Ok(builder.build()?)
 }
 
 /// The token kept by a brain in `data_dir`, if there is one.
