@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use creature_actors::histogram::{LatencyHistogram, Percentiles};
 use creature_actors::ports::{
     Action, Intent, PhysicalTask, PlanContext, PlanOutcome, Planner, PlannerError,
@@ -23,9 +23,10 @@ use creature_actors::rules::RulePlanner;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::service::{Service, start_brain_with};
 use crate::voice;
+use crate::voice::moshi::MoshiDevice;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TickBenchArgs {
@@ -975,15 +976,48 @@ pub struct TurnBenchArgs {
     /// latency must come out as this, within a frame).
     #[arg(long, default_value_t = 160)]
     pub reply_delay_ms: u64,
-    /// A Moshi checkpoint to run instead of a tiny random one written for the bench.
+    /// The voices to run, one after the other.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sim,moshi,cascade"
+    )]
+    pub voices: Vec<Backend>,
+    /// `tiny`: random checkpoints written for the bench (any CPU); `real`: the checkpoints
+    /// given with --moshi-dir, --stt-dir and --tts-dir (real sizes: Kyutai's, or the
+    /// random ones `creature moshi random` writes).
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub size: BenchSize,
+    /// Where the models compute (`cuda` needs a `--features cuda` build and a GPU).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: MoshiDevice,
+    /// A Moshi checkpoint (instead of a tiny random one).
     #[arg(long)]
     pub moshi_dir: Option<PathBuf>,
+    /// The cascade's STT and TTS checkpoints (instead of tiny random ones).
+    #[arg(long)]
+    pub stt_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub tts_dir: Option<PathBuf>,
+    /// The cascade's LLM stand-in: the built-in responder answers this long after the
+    /// transcript is final (stream time).
+    #[arg(long, default_value_t = 320)]
+    pub responder_delay_ms: u64,
     /// A virtual clock (step as fast as the model allows) instead of real time.
     #[arg(long)]
     pub fast: bool,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Checkpoint sizes for `bench turn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchSize {
+    Tiny,
+    Real,
 }
 
 /// One piece of the bench's scripted conversation.
@@ -1085,24 +1119,61 @@ pub async fn run_turn(args: &TurnBenchArgs) -> anyhow::Result<TurnBenchReport> {
     let audio = turn_audio(&script);
     let mut config = Config::default();
     config.voice.sim.reply_delay_ms = args.reply_delay_ms;
-    let tiny = tempdir_for("moshi-tiny")?;
-    let moshi_dir = match &args.moshi_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            let dir = tiny.clone();
+    config.voice.moshi.device = args.device;
+    config.voice.cascade.device = args.device;
+    config.voice.cascade.responder_delay_ms = args.responder_delay_ms;
+    let wants = |b: Backend| args.voices.contains(&b);
+    // Tiny checkpoints go here (each writer makes its own directory).
+    let tiny = std::env::temp_dir().join(format!("creature-bench-tiny-{}", std::process::id()));
+    // A checkpoint given is used; a missing one is written tiny, or refused at real size.
+    let dir = |given: &Option<PathBuf>, flag: &str, name: &str| -> anyhow::Result<PathBuf> {
+        match (given, args.size) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, BenchSize::Tiny) => Ok(tiny.join(name)),
+            (None, BenchSize::Real) => bail!(
+                "--size real needs {flag} DIR (Kyutai's checkpoint, or one `creature moshi random` wrote)"
+            ),
+        }
+    };
+    if wants(Backend::Moshi) {
+        let d = dir(&args.moshi_dir, "--moshi-dir", "moshi")?;
+        if args.moshi_dir.is_none() {
+            let w = d.clone();
             tokio::task::spawn_blocking(move || {
-                crate::voice::moshi::tiny::write_tiny_checkpoint(&dir, 7, false)
+                crate::voice::moshi::tiny::write_tiny_checkpoint(&w, 7, false)
             })
             .await
             .context("the checkpoint writer died")??;
-            tiny.clone()
         }
-    };
+        config.voice.moshi.dir = Some(d);
+    }
+    if wants(Backend::Cascade) {
+        let stt_dir = dir(&args.stt_dir, "--stt-dir", "stt")?;
+        let tts_dir = dir(&args.tts_dir, "--tts-dir", "tts")?;
+        let (write_stt, write_tts) = (args.stt_dir.is_none(), args.tts_dir.is_none());
+        let (s, t) = (stt_dir.clone(), tts_dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), creature_actors::VoiceError> {
+            if write_stt {
+                crate::voice::moshi::stt::write_tiny_stt(&s, 5)?;
+            }
+            if write_tts {
+                crate::voice::moshi::tts::write_tiny_tts(&t, 9)?;
+            }
+            Ok(())
+        })
+        .await
+        .context("the checkpoint writer died")??;
+        config.voice.cascade.stt_dir = Some(stt_dir);
+        config.voice.cascade.tts_dir = Some(tts_dir);
+        if args.size == BenchSize::Tiny {
+            // Random pause heads predict nothing: the energy rule ends turns.
+            config.voice.cascade.end_of_turn = crate::voice::cascade::EndOfTurn::Silence;
+        }
+    }
     let mut runs = Vec::new();
-    for backend in [crate::config::Backend::Sim, crate::config::Backend::Moshi] {
+    for &backend in &args.voices {
         let mut config = config.clone();
         config.voice.backend = backend;
-        config.voice.moshi.dir = Some(moshi_dir.clone());
         eprintln!(
             "bench: {:.1} s conversation through {} ({} clock)...",
             audio.len() as f64 / f64::from(creature_actors::SAMPLE_RATE),
@@ -1111,7 +1182,8 @@ pub async fn run_turn(args: &TurnBenchArgs) -> anyhow::Result<TurnBenchReport> {
         );
         runs.push(
             crate::run::run_audio(config, &audio, args.fast)
-                .await?
+                .await
+                .with_context(|| format!("the {} run", backend.as_str()))?
                 .report,
         );
     }
@@ -1137,7 +1209,24 @@ pub async fn run_turn(args: &TurnBenchArgs) -> anyhow::Result<TurnBenchReport> {
             });
         }
     }
-    if let Some(sim) = runs.first() {
+    if let Some(cascade) = runs.iter().find(|r| r.backend == "cascade") {
+        let staged: Vec<(f64, f64)> = cascade
+            .turns
+            .iter()
+            .filter_map(|t| Some((t.stages?.total_ms(), t.gap_ms?)))
+            .collect();
+        let off = staged
+            .iter()
+            .map(|(sum, gap)| (sum - gap).abs())
+            .fold(0.0f64, f64::max);
+        budgets.push(Budget {
+            what: "cascade: stages add up to the gap",
+            limit: "within 160 ms".into(),
+            measured: format!("off by at most {off:.0} ms ({} answers)", staged.len()),
+            pass: off <= 160.0 && !staged.is_empty(),
+        });
+    }
+    if let Some(sim) = runs.iter().find(|r| r.backend == "sim") {
         let delay = args.reply_delay_ms as f64;
         let off = sim
             .turns
@@ -1176,15 +1265,11 @@ fn budget_name(backend: &str, per_answer: bool) -> &'static str {
     match (backend, per_answer) {
         ("sim", false) => "sim: own latency per frame p99",
         ("sim", true) => "sim: own latency of each answer",
+        ("cascade", false) => "cascade: own latency per frame p99",
+        ("cascade", true) => "cascade: own latency of each answer",
         (_, false) => "moshi: own latency per frame p99",
         (_, true) => "moshi: own latency of each answer",
     }
-}
-
-fn tempdir_for(what: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("creature-bench-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Each user turn, the backends side by side: response latency, the gap it makes

@@ -117,13 +117,15 @@ enum MoshiCommand {
         #[arg(long)]
         q8: bool,
         /// Which model: Moshi itself, or Kyutai's streaming speech-to-text (`stt`, in the
-        /// layout of their stt-1b-en_fr release).
+        /// layout of their stt-1b-en_fr release) or text-to-speech (`tts`, in the layout of
+        /// their tts-1.6b-en_fr release).
         #[arg(long, value_enum, default_value = "moshi")]
         kind: TinyKind,
     },
     /// Write a random-weight checkpoint of a real size (bf16 LM, Kyutai's layout), tensor
     /// by tensor on every core, to run the real-size loop without the published weights:
-    /// `creature moshi random --size v0.1 /data/m` (about 15.7 GB).
+    /// `creature moshi random --size v0.1 /data/m` (about 15.7 GB); `--size stt-1b` and
+    /// `--size tts-1.6b` write Kyutai's speech-to-text and text-to-speech sizes.
     Random {
         /// Directory to write (created if needed; existing files are replaced).
         dir: PathBuf,
@@ -144,6 +146,7 @@ enum MoshiCommand {
 enum TinyKind {
     Moshi,
     Stt,
+    Tts,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +170,8 @@ struct ServeArgs {
     /// voice.remote.url; implies `--voice moshi-remote`).
     #[arg(long, value_name = "URL")]
     moshi_url: Option<String>,
+    #[command(flatten)]
+    cascade: crate::voice::cascade::CascadeArgs,
     /// Planner of the slow loop (overrides reasoner.planner).
     #[arg(long, value_enum)]
     planner: Option<PlannerKind>,
@@ -324,6 +329,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             q8,
             kind: TinyKind::Stt,
         }) => stt_tiny(&dir, seed, q8),
+        Command::Moshi(MoshiCommand::Tiny {
+            dir,
+            seed,
+            q8,
+            kind: TinyKind::Tts,
+        }) => tts_tiny(&dir, seed, q8),
         Command::Moshi(MoshiCommand::Random {
             dir,
             size,
@@ -353,9 +364,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // A checkpoint dir or a server URL says which backend is meant, unless --voice says
     // otherwise; likewise an LLM URL means the LLM planner.
+    let cascade = args.cascade.apply(&mut config.voice.cascade);
     let implied = match (&args.moshi_dir, &args.moshi_url) {
         (Some(_), None) => Some(Backend::Moshi),
         (None, Some(_)) => Some(Backend::MoshiRemote),
+        (None, None) if cascade => Some(Backend::Cascade),
         _ => None,
     };
     if let Some(voice) = args.voice.or(implied) {
@@ -482,8 +495,14 @@ fn moshi_random(
             );
         }
     })?;
+    use crate::voice::moshi::random::RandomSize;
+    let what = match size {
+        RandomSize::Tiny | RandomSize::V0_1 => "Moshi",
+        RandomSize::Stt1b => "speech-to-text model (stt-1b-en_fr sizes)",
+        RandomSize::Tts1_6b => "text-to-speech model",
+    };
     println!(
-        "random Moshi written to {} in {:.1} s (LM {} tensors, {:.3} B parameters in bf16; Mimi {} tensors, {:.1} M parameters; {} text pieces)",
+        "random {what} written to {} in {:.1} s (LM {} tensors, {:.3} B parameters in bf16; Mimi {} tensors, {:.1} M parameters; {} text pieces)",
         dir.display(),
         report.took.as_secs_f64(),
         report.lm_tensors,
@@ -496,14 +515,33 @@ fn moshi_random(
         println!("  {:>12} bytes  {}", size, path.display());
     }
     match size {
-        crate::voice::moshi::random::RandomSize::Tiny => println!(
+        RandomSize::Tiny => println!(
             "run it with:  creature serve --voice moshi --moshi-dir {}",
             dir.display()
         ),
-        crate::voice::moshi::random::RandomSize::V0_1 => println!(
+        RandomSize::V0_1 => println!(
             "run it (a --features cuda build, [voice.moshi] device = \"cuda\", dtype = \"bf16\"):  creature serve --voice moshi --moshi-dir {}",
             dir.display()
         ),
+        RandomSize::Stt1b => println!(
+            "it loads like Kyutai's stt-1b-en_fr checkpoint (bf16 on a GPU is the real-size case)"
+        ),
+        RandomSize::Tts1_6b => println!(
+            "note: moshi 0.6.4 cannot run the published tts-1.6b-en_fr layout (depformer weights shared by a schedule, a second text stream, LUT conditioners); these are its sizes with a depformer slice for each of the 32 codebooks, the closest model that crate runs"
+        ),
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn tts_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> {
+    if q8 {
+        anyhow::bail!("--q8 is for Moshi's LM; the text-to-speech checkpoint is written in f32");
+    }
+    let files = crate::voice::moshi::tts::write_tiny_tts(dir, seed)?;
+    println!("tiny text-to-speech model written to {}", dir.display());
+    for (path, size) in &files {
+        println!("  {:>10} bytes  {}", size, path.display());
     }
     Ok(())
 }

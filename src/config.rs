@@ -26,6 +26,7 @@ use serde::de::{DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visi
 use serde::{Deserialize, Serialize};
 
 use crate::planner_llm::LlmConfig;
+use crate::voice::cascade::CascadeConfig;
 use crate::voice::moshi::MoshiConfig;
 use crate::voice::remote::RemoteConfig;
 use crate::voice::sim::SimConfig;
@@ -160,6 +161,9 @@ pub enum Backend {
     Moshi,
     /// A Kyutai Moshi server, over its `/api/chat` websocket.
     MoshiRemote,
+    /// Kyutai's streaming STT -> an LLM (or the built-in responder) -> Kyutai's streaming
+    /// TTS: the cascade the seed compares Moshi with.
+    Cascade,
 }
 
 impl Backend {
@@ -168,6 +172,7 @@ impl Backend {
             Backend::Sim => "sim",
             Backend::Moshi => "moshi",
             Backend::MoshiRemote => "moshi-remote",
+            Backend::Cascade => "cascade",
         }
     }
 }
@@ -181,6 +186,7 @@ pub struct VoiceSection {
     pub sim: SimConfig,
     pub moshi: MoshiConfig,
     pub remote: RemoteConfig,
+    pub cascade: CascadeConfig,
 }
 
 /// `[reasoner]`: the reasoner's own keys, and who plans.
@@ -243,6 +249,7 @@ impl<'de> SplitSection<'de> for VoiceSection {
             "sim" => self.sim = map.next_value()?,
             "moshi" => self.moshi = map.next_value()?,
             "remote" => self.remote = map.next_value()?,
+            "cascade" => self.cascade = map.next_value()?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -456,6 +463,7 @@ impl Config {
         self.voice.sim.check()?;
         self.voice.moshi.check()?;
         self.voice.remote.check()?;
+        self.voice.cascade.check()?;
         self.reasoner.llm.check()?;
         Ok(())
     }

@@ -46,6 +46,8 @@ pub struct RunArgs {
     /// Moshi checkpoint directory (overrides voice.moshi.dir; implies `--voice moshi`).
     #[arg(long)]
     pub moshi_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cascade: crate::voice::cascade::CascadeArgs,
     /// A virtual clock: step as fast as the model allows instead of every 80 ms.
     #[arg(long)]
     pub fast: bool,
@@ -110,6 +112,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.moshi_dir {
         config.voice.moshi.dir = Some(dir.clone());
         config.voice.backend = Backend::Moshi;
+    }
+    if args.cascade.apply(&mut config.voice.cascade) {
+        config.voice.backend = Backend::Cascade;
     }
     if let Some(voice) = args.voice {
         config.voice.backend = voice;
@@ -383,6 +388,26 @@ pub fn turn_table(r: &RunReport) -> String {
     }
     if r.turns.is_empty() {
         out.push_str("  (no complete user turn)\n");
+    }
+    if r.turns.iter().any(|t| t.stages.is_some()) {
+        out.push_str(
+            "stages (ms, stream time; mouth closes -> voice starts)\nturn  turn wait  stt final  llm first token  tts first audio    sum   gap  llm wall\n",
+        );
+        for t in &r.turns {
+            if let Some(st) = &t.stages {
+                out.push_str(&format!(
+                    "{:>4}  {:>9.0}  {:>9.0}  {:>15.0}  {:>15.0}  {:>5.0}  {:>4}  {:>8.1}\n",
+                    t.index,
+                    st.turn_wait_ms,
+                    st.stt_final_ms,
+                    st.llm_first_token_ms,
+                    st.tts_first_audio_ms,
+                    st.total_ms(),
+                    ms(t.gap_ms),
+                    st.llm_wall_ms
+                ));
+            }
+        }
     }
     if r.open_turn_at_end {
         out.push_str("  (the last user turn was still open when the audio ended)\n");

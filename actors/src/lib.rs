@@ -66,7 +66,7 @@ pub mod worker;
 pub use brain::{BrainConfig, BrainError, BrainHandle, BrainPorts, Child, SupervisionConfig};
 pub use ports::{
     FRAME_PERIOD, FRAME_SAMPLES, Planner, PlannerError, SAMPLE_RATE, StepOutput, StoreError,
-    TaskStore, VoiceError, VoiceModel,
+    TaskStore, TurnStages, VoiceError, VoiceModel,
 };
 
 /// How long a request/response call to an actor may take before the caller gives up.

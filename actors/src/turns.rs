@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::FRAME_PERIOD;
 use crate::audio::dbfs;
+use crate::{FRAME_PERIOD, TurnStages};
 
 /// Frames after the end of a user turn with no agent voice before it counts as
 /// unanswered (5 s).
@@ -87,6 +87,9 @@ pub struct TurnRecord {
     pub own_ms: Option<f64>,
     /// Model compute of the answer's first frame (wall time).
     pub compute_ms: Option<f64>,
+    /// Where the answer's time went, for a backend built of stages (the `cascade`); they
+    /// add up to `gap_ms`.
+    pub stages: Option<TurnStages>,
 }
 
 /// One step as the turn tracker sees it.
@@ -146,6 +149,8 @@ pub struct TurnTracker {
     last_user_loud: Option<u64>,
     turn: Option<OpenTurn>,
     turns: u64,
+    /// Stages the backend reported for the answer that starts on the next frame.
+    stages: Option<TurnStages>,
 }
 
 impl TurnTracker {
@@ -162,6 +167,7 @@ impl TurnTracker {
             last_user_loud: None,
             turn: None,
             turns: 0,
+            stages: None,
         }
     }
 
@@ -177,6 +183,12 @@ impl TurnTracker {
 
     fn ms(&self, frames: i64) -> f64 {
         frames as f64 * self.frame_ms
+    }
+
+    /// The backend's stages for the answer beginning on the frame fed next; they go to
+    /// the turn that frame answers (and are dropped if it answers none).
+    pub fn stages(&mut self, stages: TurnStages) {
+        self.stages = Some(stages);
     }
 
     /// Take one step's stats; returns what it completed.
@@ -272,6 +284,8 @@ impl TurnTracker {
         }
 
         self.user_was_active = f.user_active;
+        // Stages belong to the frame they came with.
+        self.stages = None;
         update
     }
 
@@ -294,6 +308,7 @@ impl TurnTracker {
         // this frame (the usual case); an answer that began in an earlier frame (during
         // the hangover) reports this one's.
         let answered = answer.is_some();
+        let stages = self.stages.take().filter(|_| answered);
         TurnRecord {
             index: self.turns,
             user_start_tick: turn.start,
@@ -314,6 +329,7 @@ impl TurnTracker {
             overlap_ms: self.ms(turn.overlap_frames as i64),
             own_ms: answered.then_some(f.own.as_secs_f64() * 1000.0),
             compute_ms: answered.then_some(f.compute.as_secs_f64() * 1000.0),
+            stages,
         }
     }
 }

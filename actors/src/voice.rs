@@ -146,6 +146,9 @@ pub struct VoiceMetrics {
     /// The user's onset over the speaking agent -> the agent's output below the speaking
     /// threshold (stream time).
     pub barge_in_reaction: LatencyHistogram,
+    /// A staged backend's answers (the `cascade`), stage by stage ([`crate::TurnStages`]),
+    /// in the order [`STAGES`] names them (stream time).
+    pub stages: [LatencyHistogram; 4],
     /// Turns measured ([`crate::turns`]), and how they went.
     pub turns: AtomicU64,
     pub unanswered_turns: AtomicU64,
@@ -303,8 +306,27 @@ pub struct TurnsReport {
     pub barge_in_reaction_ms: Percentiles,
     /// User frame due -> agent frame out, model compute excluded, per frame (wall time).
     pub own_latency_ms: Percentiles,
+    /// A staged backend's answers, per stage (empty for the other backends).
+    pub stages_ms: StagesReport,
     /// The newest turns, oldest first (at most [`RECENT_TURNS`]).
     pub recent: Vec<TurnRecord>,
+}
+
+/// The stages of [`crate::TurnStages`], as metrics and reports name them.
+pub const STAGES: [&str; 4] = [
+    "turn_wait",
+    "stt_final",
+    "llm_first_token",
+    "tts_first_audio",
+];
+
+/// Percentiles of each stage of a staged backend's answers (stream time).
+#[derive(Debug, Clone, Serialize)]
+pub struct StagesReport {
+    pub turn_wait: Percentiles,
+    pub stt_final: Percentiles,
+    pub llm_first_token: Percentiles,
+    pub tts_first_audio: Percentiles,
 }
 
 /// Turns kept for `/api/state` and `GET /api/actors/voice`.
@@ -344,6 +366,7 @@ impl Default for VoiceMetrics {
             own_latency: LatencyHistogram::new(),
             turn_response: LatencyHistogram::new(),
             barge_in_reaction: LatencyHistogram::new(),
+            stages: std::array::from_fn(|_| LatencyHistogram::new()),
             turns: AtomicU64::default(),
             unanswered_turns: AtomicU64::default(),
             talked_over_turns: AtomicU64::default(),
@@ -509,6 +532,12 @@ impl VoiceMetrics {
             response_ms: self.turn_response.percentiles(),
             barge_in_reaction_ms: self.barge_in_reaction.percentiles(),
             own_latency_ms: self.own_latency.percentiles(),
+            stages_ms: StagesReport {
+                turn_wait: self.stages[0].percentiles(),
+                stt_final: self.stages[1].percentiles(),
+                llm_first_token: self.stages[2].percentiles(),
+                tts_first_audio: self.stages[3].percentiles(),
+            },
             recent: self.recent_turns(),
         }
     }
@@ -531,6 +560,17 @@ impl VoiceMetrics {
             }
             _ => {
                 self.unanswered_turns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(st) = turn.stages {
+            let ms = [
+                st.turn_wait_ms,
+                st.stt_final_ms,
+                st.llm_first_token_ms,
+                st.tts_first_audio_ms,
+            ];
+            for (h, ms) in self.stages.iter().zip(ms) {
+                h.record(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
             }
         }
         self.backchannels
@@ -1125,6 +1165,9 @@ impl Voice {
         m.speaking.store(agent_speaking, Ordering::Relaxed);
         if barge_in {
             m.barge_ins.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(stages) = done.stages {
+            state.turns.stages(stages);
         }
         let turn = state.turns.frame(TurnFrame {
             tick: done.tick,

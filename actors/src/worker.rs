@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::ports::{FRAME_SAMPLES, StepOutput, VoiceModel};
+use crate::ports::{FRAME_SAMPLES, StepOutput, TurnStages, VoiceModel};
 
 /// Build the backend's status at most this often (in steps), and only when asked: about
 /// once a second.
@@ -60,6 +60,8 @@ pub struct StepDone {
     /// A fresh backend status, about once a second (built here, so the loop only swaps it
     /// in).
     pub status: Option<Arc<serde_json::Value>>,
+    /// The stages of a turn this step began to answer (backends built of stages).
+    pub stages: Option<TurnStages>,
 }
 
 /// What the model thread is asked to do.
@@ -278,6 +280,7 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, first: bool) -> St
             silence(out)
         }
     };
+    let stages = catch_unwind(AssertUnwindSafe(|| model.take_turn_stages())).unwrap_or(None);
     let want_status = first || req.want_status || !errors.is_empty();
     let status = want_status.then(|| Arc::new(model.status()));
     StepDone {
@@ -291,6 +294,7 @@ fn run_step(model: &mut dyn VoiceModel, mut req: StepRequest, first: bool) -> St
         },
         user: req.user,
         status,
+        stages,
     }
 }
 

@@ -202,6 +202,16 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         "End of the user's voice activity (after the hangover) to the agent's first frame above the speaking threshold, per answered turn (stream time; an answer begun in the hangover counts as 0).",
         &[(String::new(), &m.turn_response)],
     );
+    let stages: Vec<(String, &LatencyHistogram)> = creature_actors::voice::STAGES
+        .iter()
+        .zip(&m.stages)
+        .map(|(stage, h)| (format!("stage=\"{stage}\""), h))
+        .collect();
+    out.histogram(
+        "creature_turn_stage_seconds",
+        "A staged backend's (the cascade's) answers, stage by stage: mouth closes -> end of turn decided (turn_wait), -> transcript final (stt_final), -> the LLM's first token (llm_first_token), -> the answer's first loud frame (tts_first_audio); stream time, they add up to the turn's gap.",
+        &stages,
+    );
     out.histogram(
         "creature_barge_in_reaction_seconds",
         "The user's onset over the speaking agent to the agent's output below the speaking threshold (stream time).",

@@ -1,5 +1,6 @@
 //! Voice backends behind the `VoiceModel` port, and choosing one from the config.
 
+pub mod cascade;
 pub mod moshi;
 #[cfg(feature = "opus")]
 pub mod ogg_opus;
@@ -19,5 +20,10 @@ pub fn build(config: &Config) -> Result<Box<dyn VoiceModel>, VoiceError> {
         Backend::Sim => Ok(Box::new(SimVoice::new(config.voice.sim.clone()))),
         Backend::Moshi => Ok(Box::new(moshi::MoshiVoice::load(&config.voice.moshi)?)),
         Backend::MoshiRemote => remote::build(&config.voice.remote),
+        Backend::Cascade => Ok(Box::new(cascade::CascadeVoice::load(
+            &config.voice.cascade,
+            config.voice.actor.user_vad_dbfs,
+            config.voice.actor.agent_speaking_dbfs,
+        )?)),
     }
 }

@@ -16,4 +16,6 @@ pub use store::{
     LifecycleError, MemoryTaskStore, NewTask, Page, PageOrder, PageQuery, PlanStep, Progress,
     StoreError, Task, TaskEvent, TaskSource, TaskState, TaskStore, id_number, now_ms, task_id,
 };
-pub use voice::{FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE, StepOutput, VoiceError, VoiceModel};
+pub use voice::{
+    FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE, StepOutput, TurnStages, VoiceError, VoiceModel,
+};

@@ -19,6 +19,32 @@ pub struct StepOutput {
     pub text: Option<String>,
 }
 
+/// Where the time of one answered turn went, for a backend built of stages (the
+/// `cascade`: end of turn -> speech-to-text -> LLM -> text-to-speech), each in ms of stream
+/// time (whole 80 ms frames) from the end of the previous one. They start at the user's
+/// last loud frame ("mouth closes") and end at the answer's first loud frame ("voice
+/// starts"), so they add up to the turn's `gap_ms` as the loop measures it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct TurnStages {
+    /// The user's last loud frame -> the backend decided the turn was over.
+    pub turn_wait_ms: f64,
+    /// End of turn -> the transcript is final (the speech-to-text's delay still to run).
+    pub stt_final_ms: f64,
+    /// Transcript final -> the reply's first token reached the model thread.
+    pub llm_first_token_ms: f64,
+    /// First token -> the reply's first loud frame.
+    pub tts_first_audio_ms: f64,
+    /// The LLM's time to first token in wall time (request sent -> first token received).
+    pub llm_wall_ms: f64,
+}
+
+impl TurnStages {
+    /// The stages' sum: mouth closes -> voice starts, as this backend saw it.
+    pub fn total_ms(&self) -> f64 {
+        self.turn_wait_ms + self.stt_final_ms + self.llm_first_token_ms + self.tts_first_audio_ms
+    }
+}
+
 /// Why a voice model could not load or step.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum VoiceError {
@@ -72,6 +98,12 @@ pub trait VoiceModel: Send + 'static {
     fn step_into(&mut self, user: &[f32], out: &mut StepOutput) -> Result<(), VoiceError> {
         *out = self.step(user)?;
         Ok(())
+    }
+
+    /// The stages of the turn answered in the step just taken, once (backends built of
+    /// stages report them on the step whose frame starts the answer; others never do).
+    fn take_turn_stages(&mut self) -> Option<TurnStages> {
+        None
     }
 
     /// Forget the conversation and start afresh (used before a model's context runs out).

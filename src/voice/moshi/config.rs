@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 
 /// Where the local Moshi model computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum MoshiDevice {
     #[default]

@@ -27,6 +27,7 @@ pub mod random;
 pub mod spm;
 pub mod stt;
 pub mod tiny;
+pub mod tts;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -335,7 +336,7 @@ impl MoshiVoice {
     }
 }
 
-fn sampler(seed: u64, temperature: f64, top_k: usize) -> LogitsProcessor {
+pub(crate) fn sampler(seed: u64, temperature: f64, top_k: usize) -> LogitsProcessor {
     let sampling = if temperature <= 0.0 {
         Sampling::ArgMax
     } else {

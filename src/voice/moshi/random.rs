@@ -1,6 +1,6 @@
-//! `creature moshi random --size v0.1 DIR`: a random-weight Moshi of the real size, in
-//! Kyutai's layout, so the real-size loop can run end to end on a GPU without the
-//! published weights (nothing here downloads anything).
+//! `creature moshi random --size v0.1|stt-1b|tts-1.6b DIR`: a random-weight Moshi, STT or
+//! TTS of the real size, in Kyutai's layout, so the real-size loops can run end to end on a
+//! GPU without the published weights (nothing here downloads anything).
 //!
 //! A 7.7 B-parameter LM is 15 GB in bf16, more than this writer may hold. So the models
 //! are first *described* (built on [`RandomWeights::shapes_only`], which hands out free
@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 
 use creature_actors::VoiceError;
 use moshi::candle::{DType, Device, Shape};
-use moshi::lm::LmModel;
+use moshi::lm::{self, LmModel};
 use moshi::mimi::Mimi;
 use moshi::nn::MaybeQuantizedVarBuilder;
+use serde_json::json;
 
-use super::loader::{self, Architecture, load_error};
+use super::loader::{self, Architecture, MimiConfig, load_error};
 use super::spm::{Piece, PieceKind, SentencePieceModel};
+use super::stt::{STT_LM_FILE, STT_MIMI_FILE, STT_TOKENIZER_FILE, SttConfig, SttTiming};
 use super::tiny::{self, RandomWeights};
+use super::tts::{self, TtsConfig};
 
 /// Which architecture to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +36,18 @@ pub enum RandomSize {
     /// The published Moshi v0.1 sizes (moshiko/moshika: a 7.7 B LM, the full Mimi).
     #[value(name = "v0.1")]
     V0_1,
+    /// Kyutai's `stt-1b-en_fr` sizes: a 1 B LM (width 2048, 16 layers, 16 heads) over 32
+    /// codebooks with the four voice-activity heads, Mimi with 32 codebooks.
+    #[value(name = "stt-1b")]
+    Stt1b,
+    /// Kyutai's `tts-1.6b-en_fr` sizes as far as moshi 0.6.4 runs them: the published
+    /// model shares depformer weights between codebooks (a schedule of 11 weight sets for
+    /// 32 codebooks), demultiplexes a second text stream and adds two LUT conditioners, none
+    /// of which that crate has. This writes the closest model it runs: the same widths,
+    /// depths, cross-attention and speaker conditioner, with a depformer slice of its own
+    /// for each of the 32 codebooks (so about 2.7 B parameters instead of 1.6 B).
+    #[value(name = "tts-1.6b")]
+    Tts1_6b,
 }
 
 /// Values made per chunk: 1 Mi numbers (2-4 MB) per core at a time.
@@ -57,9 +72,148 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Write a random checkpoint of `size` into `dir` (created if needed): the LM in bf16 as
-/// `model.safetensors`, Mimi in f32, a SentencePiece vocabulary of the LM's size, and (for
-/// the tiny size) its `config.json`. `threads` cores make the values (0: all of them).
+/// A file's tensors by name and shape, in the order written.
+type Tensors = Vec<(String, Shape)>;
+
+/// What one size writes: the two models, the vocabulary, and the files' names.
+struct Plan {
+    lm: lm::Config,
+    mimi: MimiConfig,
+    vocab: SentencePieceModel,
+    lm_file: String,
+    mimi_file: String,
+    tokenizer_file: String,
+    /// `config.json`; `None` where the loader's defaults are the sizes (v0.1), so a file
+    /// left from another size is removed.
+    config: Option<serde_json::Value>,
+    /// A TTS's LM file also holds the speaker conditioner, outside `LmModel`.
+    speaker: Option<TtsConfig>,
+}
+
+impl Plan {
+    fn new(size: RandomSize) -> Result<Plan, String> {
+        let moshi = |arch: Architecture, vocab: SentencePieceModel, config| Plan {
+            lm: arch.lm,
+            mimi: arch.mimi,
+            vocab,
+            lm_file: loader::LM_SAFETENSORS.into(),
+            mimi_file: loader::MIMI_FILE.into(),
+            tokenizer_file: loader::TOKENIZER_FILE.into(),
+            config,
+            speaker: None,
+        };
+        Ok(match size {
+            RandomSize::Tiny => {
+                let vocab = tiny::tiny_vocabulary();
+                let arch = tiny::tiny_architecture(vocab.len())?;
+                let config = tiny::config_json(&arch);
+                moshi(arch, vocab, Some(config))
+            }
+            RandomSize::V0_1 => {
+                let arch = Architecture::v0_1();
+                let vocab = filled_vocabulary(arch.lm.text_out_vocab_size);
+                moshi(arch, vocab, None)
+            }
+            RandomSize::Stt1b => {
+                let stt = stt_1b();
+                let config = json!({
+                    "mimi_name": stt.mimi_name,
+                    "tokenizer_name": stt.tokenizer_name,
+                    "card": stt.card,
+                    "text_card": stt.text_card,
+                    "dim": stt.dim,
+                    "n_q": stt.n_q,
+                    "context": stt.context,
+                    "max_period": stt.max_period,
+                    "num_heads": stt.num_heads,
+                    "num_layers": stt.num_layers,
+                    "causal": stt.causal,
+                    "dep_q": 0,
+                    "delays": [0],
+                    "stt_config": {
+                        "audio_delay_seconds": stt.stt_config.audio_delay_seconds,
+                        "audio_silence_prefix_seconds": stt.stt_config.audio_silence_prefix_seconds,
+                    },
+                    "extra_heads_num_heads": stt.extra_heads_num_heads,
+                    "extra_heads_dim": stt.extra_heads_dim,
+                    "model_type": "stt",
+                });
+                Plan {
+                    lm: stt.lm(),
+                    mimi: stt.mimi(),
+                    vocab: filled_vocabulary(stt.text_card),
+                    lm_file: STT_LM_FILE.into(),
+                    mimi_file: stt.mimi_name.clone(),
+                    tokenizer_file: stt.tokenizer_name.clone(),
+                    config: Some(config),
+                    speaker: None,
+                }
+            }
+            RandomSize::Tts1_6b => {
+                let config = tts::runnable_1_6b();
+                config.check()?;
+                Plan {
+                    lm: config.lm(),
+                    mimi: config.mimi(),
+                    vocab: filled_vocabulary(config.text_card),
+                    lm_file: config.moshi_name.clone(),
+                    mimi_file: config.mimi_name.clone(),
+                    tokenizer_file: config.tokenizer_name.clone(),
+                    config: Some(config.to_json()),
+                    speaker: Some(config),
+                }
+            }
+        })
+    }
+
+    /// Every tensor of the two files, by name and shape, in the order they are asked for.
+    fn describe(&self, seed: u64) -> Result<(Tensors, Tensors), String> {
+        let weights = RandomWeights::shapes_only(seed);
+        Mimi::new(
+            self.mimi.to_moshi(),
+            weights.var_builder(DType::F32, &Device::Cpu),
+        )
+        .map_err(|e| format!("cannot describe Mimi: {e}"))?;
+        let mimi = weights.shapes();
+        let weights = RandomWeights::shapes_only(seed.wrapping_add(1));
+        let vb = weights.var_builder(DType::F32, &Device::Cpu);
+        LmModel::new(&self.lm, MaybeQuantizedVarBuilder::Real(vb.clone()))
+            .map_err(|e| format!("cannot describe the LM: {e}"))?;
+        if let Some(config) = &self.speaker {
+            tts::describe_speaker(config, &vb)?;
+        }
+        Ok((mimi, weights.shapes()))
+    }
+}
+
+/// Kyutai's `stt-1b-en_fr` sizes, in the STT loader's config.
+fn stt_1b() -> SttConfig {
+    SttConfig {
+        mimi_name: STT_MIMI_FILE.into(),
+        tokenizer_name: STT_TOKENIZER_FILE.into(),
+        card: 2048,
+        text_card: 8000,
+        dim: 2048,
+        n_q: 32,
+        context: 750,
+        max_period: 100_000.0,
+        num_heads: 16,
+        num_layers: 16,
+        causal: true,
+        stt_config: SttTiming {
+            audio_delay_seconds: 0.5,
+            audio_silence_prefix_seconds: 0.0,
+        },
+        extra_heads_num_heads: Some(4),
+        extra_heads_dim: Some(6),
+        mimi: None,
+    }
+}
+
+/// Write a random checkpoint of `size` into `dir` (created if needed), in the layout its
+/// loader reads (Moshi's, the STT's or the TTS's): the LM in bf16, Mimi in f32, a
+/// SentencePiece vocabulary of the LM's size, and `config.json` where the size needs one.
+/// `threads` cores make the values (0: all of them).
 pub fn write_random_checkpoint(
     dir: &Path,
     size: RandomSize,
@@ -70,18 +224,7 @@ pub fn write_random_checkpoint(
     let started = Instant::now();
     std::fs::create_dir_all(dir)
         .map_err(|e| load_error(dir, format!("cannot create the directory: {e}")))?;
-    let (arch, vocab) = match size {
-        RandomSize::Tiny => {
-            let vocab = tiny::tiny_vocabulary();
-            let arch = tiny::tiny_architecture(vocab.len()).map_err(|e| load_error(dir, e))?;
-            (arch, vocab)
-        }
-        RandomSize::V0_1 => {
-            let arch = Architecture::v0_1();
-            let vocab = filled_vocabulary(arch.lm.text_out_vocab_size);
-            (arch, vocab)
-        }
-    };
+    let plan = Plan::new(size).map_err(|e| load_error(dir, e))?;
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -89,26 +232,9 @@ pub fn write_random_checkpoint(
     };
 
     // Describe both models: names and shapes, no values.
-    let mimi_path = dir.join(loader::MIMI_FILE);
-    let lm_path = dir.join(loader::LM_SAFETENSORS);
-    let mimi_shapes = {
-        let weights = RandomWeights::shapes_only(seed);
-        Mimi::new(
-            arch.mimi.to_moshi(),
-            weights.var_builder(DType::F32, &Device::Cpu),
-        )
-        .map_err(|e| load_error(&mimi_path, format!("cannot describe Mimi: {e}")))?;
-        weights.shapes()
-    };
-    let lm_shapes = {
-        let weights = RandomWeights::shapes_only(seed.wrapping_add(1));
-        LmModel::new(
-            &arch.lm,
-            MaybeQuantizedVarBuilder::Real(weights.var_builder(DType::F32, &Device::Cpu)),
-        )
-        .map_err(|e| load_error(&lm_path, format!("cannot describe the LM: {e}")))?;
-        weights.shapes()
-    };
+    let mimi_path = dir.join(&plan.mimi_file);
+    let lm_path = dir.join(&plan.lm_file);
+    let (mimi_shapes, lm_shapes) = plan.describe(seed).map_err(|e| load_error(&lm_path, e))?;
 
     let bytes = |shapes: &[(String, Shape)], width: u64| -> u64 {
         shapes
@@ -150,14 +276,14 @@ pub fn write_random_checkpoint(
     )
     .map_err(|e| load_error(&lm_path, format!("cannot write: {e}")))?;
     written(lm_path);
-    let tokenizer = dir.join(loader::TOKENIZER_FILE);
-    std::fs::write(&tokenizer, vocab.to_bytes())
+    let tokenizer = dir.join(&plan.tokenizer_file);
+    std::fs::write(&tokenizer, plan.vocab.to_bytes())
         .map_err(|e| load_error(&tokenizer, format!("cannot write: {e}")))?;
     written(tokenizer);
     let config = dir.join(loader::CONFIG_FILE);
-    match size {
-        RandomSize::Tiny => {
-            let text = serde_json::to_string_pretty(&tiny::config_json(&arch))
+    match &plan.config {
+        Some(json) => {
+            let text = serde_json::to_string_pretty(json)
                 .map_err(|e| load_error(&config, e.to_string()))?;
             std::fs::write(&config, text + "\n")
                 .map_err(|e| load_error(&config, format!("cannot write: {e}")))?;
@@ -165,7 +291,7 @@ pub fn write_random_checkpoint(
         }
         // The loader's default sizes are v0.1's; a config left from another size would
         // override them.
-        RandomSize::V0_1 => match std::fs::remove_file(&config) {
+        None => match std::fs::remove_file(&config) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(load_error(&config, format!("cannot remove: {e}"))),
@@ -177,7 +303,7 @@ pub fn write_random_checkpoint(
         lm_parameters: lm_shapes.iter().map(|(_, s)| s.elem_count()).sum(),
         mimi_tensors: mimi_shapes.len(),
         mimi_parameters: mimi_shapes.iter().map(|(_, s)| s.elem_count()).sum(),
-        text_vocab: vocab.len(),
+        text_vocab: plan.vocab.len(),
         took: started.elapsed(),
     })
 }
@@ -431,6 +557,95 @@ mod tests {
         assert!(
             (7_000_000_000..8_500_000_000).contains(&params),
             "{params} parameters"
+        );
+    }
+
+    fn parameters(shapes: &[(String, Shape)]) -> usize {
+        shapes.iter().map(|(_, s)| s.elem_count()).sum()
+    }
+
+    #[test]
+    fn the_stt_1b_description_has_the_published_size_and_reads_back() {
+        let plan = Plan::new(RandomSize::Stt1b).unwrap();
+        let (mimi, lm) = plan.describe(1).unwrap();
+        // About 1 B parameters (Kyutai's "1b"), the four voice-activity heads among them.
+        let params = parameters(&lm);
+        assert!((900_000_000..1_200_000_000).contains(&params), "{params}");
+        assert!(
+            lm.iter()
+                .any(|(n, s)| n == "extra_heads.3.weight" && s.dims() == [6, 2048])
+        );
+        // Mimi with its 32 codebooks (the first, and 31 more).
+        assert!(
+            mimi.iter()
+                .any(|(n, _)| n.contains("rvq_rest.vq.layers.30."))
+        );
+        assert_eq!(plan.vocab.len(), 8000);
+        // The config.json written reads back as the same sizes: the loader asks for
+        // exactly the tensors described.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(loader::CONFIG_FILE),
+            plan.config.as_ref().unwrap().to_string(),
+        )
+        .unwrap();
+        let config = SttConfig::load(dir.path()).unwrap();
+        assert_eq!(config, stt_1b());
+        assert_eq!(plan.lm_file, STT_LM_FILE);
+        assert_eq!(plan.mimi_file, config.mimi_name);
+        assert_eq!(plan.tokenizer_file, config.tokenizer_name);
+    }
+
+    #[test]
+    fn the_tts_1_6b_description_runs_on_moshi_0_6_4_and_reads_back() {
+        let plan = Plan::new(RandomSize::Tts1_6b).unwrap();
+        let (mimi, lm) = plan.describe(1).unwrap();
+        let params = parameters(&lm);
+        // The published widths with an unshared depformer: more than 1.6 B (see RandomSize).
+        assert!((2_000_000_000..2_800_000_000).contains(&params), "{params}");
+        let names: Vec<&str> = lm.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&tts::SPEAKER_PADDING));
+        assert!(names.iter().any(|n| n.starts_with("depformer.31.")));
+        assert!(names.iter().any(|n| n.contains("cross_attention")));
+        assert!(
+            mimi.iter()
+                .any(|(n, _)| n.contains("rvq_rest.vq.layers.30."))
+        );
+        // The config.json written passes the TTS loader's checks and describes the same
+        // tensors, so `load_tts` reads the file.
+        let config: TtsConfig = serde_json::from_value(plan.config.clone().unwrap()).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.text_card, plan.vocab.len());
+        assert_eq!(plan.lm_file, tts::TTS_LM_FILE);
+        let weights = RandomWeights::shapes_only(2);
+        let vb = weights.var_builder(DType::F32, &Device::Cpu);
+        LmModel::new(&config.lm(), MaybeQuantizedVarBuilder::Real(vb.clone())).unwrap();
+        tts::describe_speaker(&config, &vb).unwrap();
+        assert_eq!(weights.shapes(), lm);
+    }
+
+    /// The real sizes end to end: GBs on disk and in memory, so only by hand
+    /// (`cargo test -p creature --lib real_sizes -- --ignored`).
+    #[test]
+    #[ignore = "writes 2 GB and 5.5 GB of weights"]
+    fn the_real_sizes_load_through_their_loaders() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = write_random_checkpoint(dir.path(), RandomSize::Stt1b, 1, 0, |_| {}).unwrap();
+        eprintln!("stt-1b: {report:?}");
+        let stt =
+            crate::voice::moshi::stt::Stt::load(dir.path(), &Device::Cpu, DType::BF16).unwrap();
+        assert_eq!(stt.config(), &stt_1b());
+        drop(stt);
+        let dir = tempfile::tempdir().unwrap();
+        let report =
+            write_random_checkpoint(dir.path(), RandomSize::Tts1_6b, 1, 0, |_| {}).unwrap();
+        eprintln!("tts-1.6b: {report:?}");
+        let tts = tts::load_tts(dir.path(), None, &Device::Cpu, DType::BF16).unwrap();
+        assert!(tts.ca_src.is_some());
+        // The same sizes read back (the file also names the layout, as Kyutai's do).
+        assert_eq!(
+            format!("{:?}", tts.config.lm()),
+            format!("{:?}", tts::runnable_1_6b().lm())
         );
     }
 

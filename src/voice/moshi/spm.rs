@@ -7,6 +7,7 @@
 //! space, `<0xNN>` byte pieces are gathered into UTF-8 (a character may span several steps),
 //! and unknown, control and unused pieces are never emitted.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// The SentencePiece word-boundary marker (U+2581).
@@ -64,6 +65,13 @@ pub struct Piece {
 #[derive(Clone, PartialEq)]
 pub struct SentencePieceModel {
     pieces: Vec<Piece>,
+    /// What the encoder looks up: each normal piece's text, its first id and score.
+    normal: HashMap<String, (u32, f32)>,
+    /// The longest normal piece, in bytes, so the encoder knows how far to look.
+    longest: usize,
+    /// The id of each byte piece `<0xNN>`, where the model has it.
+    bytes: Vec<Option<u32>>,
+    unknown: Option<u32>,
 }
 
 impl fmt::Debug for SentencePieceModel {
@@ -76,7 +84,32 @@ impl fmt::Debug for SentencePieceModel {
 
 impl SentencePieceModel {
     pub fn new(pieces: Vec<Piece>) -> Self {
-        SentencePieceModel { pieces }
+        let mut normal = HashMap::new();
+        let mut bytes = vec![None; 256];
+        let mut unknown = None;
+        for (id, p) in pieces.iter().enumerate() {
+            let id = id as u32;
+            match p.kind {
+                PieceKind::Normal => {
+                    normal.entry(p.text.clone()).or_insert((id, p.score));
+                }
+                PieceKind::Byte(b) => {
+                    bytes[b as usize].get_or_insert(id);
+                }
+                PieceKind::Unknown => {
+                    unknown.get_or_insert(id);
+                }
+                _ => {}
+            }
+        }
+        let longest = normal.keys().map(String::len).max().unwrap_or(0);
+        SentencePieceModel {
+            pieces,
+            normal,
+            longest,
+            bytes,
+            unknown,
+        }
     }
 
     /// Read a serialized `ModelProto`.
@@ -91,7 +124,7 @@ impl SentencePieceModel {
         if pieces.is_empty() {
             return Err(SpmError::Empty);
         }
-        Ok(SentencePieceModel { pieces })
+        Ok(SentencePieceModel::new(pieces))
     }
 
     /// Serialize as a `ModelProto` the C++ library also accepts: the pieces, plus a trainer
@@ -146,6 +179,92 @@ impl SentencePieceModel {
 
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
+    }
+
+    /// The ids for one word, as the text stream of Kyutai's TTS takes it: the word mark
+    /// prepended, then the split into normal pieces with the highest total score (Viterbi,
+    /// as SentencePiece's unigram encoder). A character no piece covers is spelled with
+    /// its UTF-8 byte pieces, or `<unk>` in a model without them (SentencePiece's byte
+    /// fallback). Spaces inside `word` are kept as word marks.
+    pub fn encode_word(&self, word: &str) -> Vec<u32> {
+        let text: String = std::iter::once(WORD_MARK)
+            .chain(word.chars().map(|c| if c == ' ' { WORD_MARK } else { c }))
+            .collect();
+        // A character spelled with fallback pieces costs more than any real piece, so a
+        // split that uses the vocabulary always wins.
+        let min_score = self.normal.values().map(|&(_, s)| s).fold(0.0f32, f32::min);
+        let fallback_score = min_score - 10.0;
+        // best[i]: the best score of a split of text[..i], and the step that ends there.
+        #[derive(Clone, Copy)]
+        enum Step {
+            Piece { from: usize, id: u32 },
+            Fallback { from: usize },
+        }
+        let n = text.len();
+        let mut best: Vec<Option<(f32, Step)>> = vec![None; n + 1];
+        best[0] = Some((0.0, Step::Fallback { from: 0 }));
+        for (start, c) in text.char_indices() {
+            let Some((score, _)) = best[start] else {
+                continue;
+            };
+            let mut offer = |end: usize, total: f32, step: Step| {
+                if best[end].is_none_or(|(s, _)| total > s) {
+                    best[end] = Some((total, step));
+                }
+            };
+            offer(
+                start + c.len_utf8(),
+                score + fallback_score,
+                Step::Fallback { from: start },
+            );
+            let rest = &text[start..];
+            for (len, _) in rest
+                .char_indices()
+                .skip(1)
+                .chain(std::iter::once((rest.len(), ' ')))
+            {
+                if len > self.longest {
+                    break;
+                }
+                if let Some(&(id, piece_score)) = self.normal.get(&rest[..len]) {
+                    offer(
+                        start + len,
+                        score + piece_score,
+                        Step::Piece { from: start, id },
+                    );
+                }
+            }
+        }
+        // Walk back from the end, then put the steps in order.
+        let mut steps = Vec::new();
+        let mut end = n;
+        while end > 0 {
+            let Some((_, step)) = best[end] else {
+                break;
+            };
+            steps.push((step, end));
+            end = match step {
+                Step::Piece { from, .. } | Step::Fallback { from } => from,
+            };
+        }
+        let mut ids = Vec::new();
+        for (step, end) in steps.into_iter().rev() {
+            match step {
+                Step::Piece { id, .. } => ids.push(id),
+                Step::Fallback { from } => {
+                    let spelled: Option<Vec<u32>> = text[from..end]
+                        .bytes()
+                        .map(|b| self.bytes[b as usize])
+                        .collect();
+                    match (spelled, self.unknown) {
+                        (Some(spelled), _) => ids.extend(spelled),
+                        (None, Some(unk)) => ids.push(unk),
+                        (None, None) => {}
+                    }
+                }
+            }
+        }
+        ids
     }
 }
 
@@ -411,6 +530,60 @@ mod tests {
 
     fn id(m: &SentencePieceModel, text: &str) -> u32 {
         m.pieces().iter().position(|p| p.text == text).unwrap() as u32
+    }
+
+    #[test]
+    fn a_word_is_encoded_with_its_word_mark() {
+        let m = model();
+        assert_eq!(m.encode_word("hello"), vec![id(&m, "▁hello")]);
+        assert_eq!(m.encode_word("café"), vec![id(&m, "▁café")]);
+        // A piece for the rest of the word, after the mark on its own.
+        assert_eq!(
+            m.encode_word("é!"),
+            vec![id(&m, "▁"), id(&m, "é"), id(&m, "!")]
+        );
+        assert_eq!(m.encode_word("world!"), vec![id(&m, "▁world"), id(&m, "!")]);
+    }
+
+    #[test]
+    fn the_highest_scoring_split_wins() {
+        let mut pieces = model().pieces().to_vec();
+        for (text, score) in [("▁hel", -0.5), ("lo", -0.5), ("▁he", -0.1), ("llo", -5.0)] {
+            pieces.push(Piece {
+                text: text.into(),
+                score,
+                kind: PieceKind::Normal,
+            });
+        }
+        let m = SentencePieceModel::new(pieces);
+        // ▁hel + lo scores -1.0, above ▁hello (-1.5) and ▁he + llo (-5.1).
+        assert_eq!(m.encode_word("hello"), vec![id(&m, "▁hel"), id(&m, "lo")]);
+    }
+
+    #[test]
+    fn uncovered_characters_fall_back_to_bytes_or_unknown() {
+        let m = model();
+        // `x` has no piece: its byte, after the mark.
+        assert_eq!(m.encode_word("x"), vec![id(&m, "▁"), id(&m, "<0x78>")]);
+        // A two-byte character: both bytes, and the decoder puts it back together.
+        let ids = m.encode_word("ß");
+        assert_eq!(ids, vec![id(&m, "▁"), id(&m, "<0xC3>"), id(&m, "<0x9F>")]);
+        let mut d = TextDecoder::new(m.clone(), vec![]);
+        let text: String = ids.iter().filter_map(|&i| d.push(i)).collect();
+        assert_eq!(text, " ß");
+        // Without byte pieces, `<unk>`.
+        let no_bytes: Vec<Piece> = m
+            .pieces()
+            .iter()
+            .filter(|p| !matches!(p.kind, PieceKind::Byte(_)))
+            .cloned()
+            .collect();
+        let m = SentencePieceModel::new(no_bytes);
+        assert_eq!(
+            m.encode_word("hellox"),
+            vec![id(&m, "▁hello"), id(&m, "<unk>")]
+        );
+        assert!(m.encode_word("").len() == 1, "just the word mark");
     }
 
     fn decode(ids: &[u32]) -> Vec<Option<String>> {

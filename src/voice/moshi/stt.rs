@@ -305,6 +305,11 @@ impl Stt {
         &self.config
     }
 
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Frames stepped since the last reset.
     pub fn steps(&self) -> u64 {
         self.steps
