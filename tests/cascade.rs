@@ -19,36 +19,9 @@ use creature_actors::{FRAME_SAMPLES, SAMPLE_RATE};
 
 const FRAME_MS: f64 = 80.0;
 
-/// A deterministic noise source (xorshift), so every run hears the same "speech".
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-/// (seconds, speaking) pieces at 24 kHz: speech is loud noise swelling at a syllable
-/// rate, pauses are digital silence.
+/// (seconds, speaking) pieces at 24 kHz (see [`common::speech_script`]).
 fn script(pieces: &[(f64, bool)]) -> Vec<f32> {
-    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
-    let mut out = Vec::new();
-    for &(seconds, speaking) in pieces {
-        let n = (seconds * f64::from(SAMPLE_RATE)).round() as usize;
-        for i in 0..n {
-            out.push(if speaking {
-                let t = i as f32 / SAMPLE_RATE as f32;
-                let swell = 0.8 + 0.2 * (std::f32::consts::TAU * 4.0 * t).sin();
-                0.9 * swell * noise.next()
-            } else {
-                0.0
-            });
-        }
-    }
-    out
+    common::speech_script(SAMPLE_RATE, pieces)
 }
 
 /// Tiny STT and TTS checkpoints in `dir`.
@@ -290,6 +263,21 @@ mod stub_llm {
     }
 }
 
+/// The next event of `llm`, waited for up to 10 s.
+async fn next_event(
+    llm: &creature::voice::cascade::llm::LlmTurns,
+    what: &str,
+) -> creature::voice::cascade::llm::LlmEvent {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(e) = llm.poll() {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_llm_turn_arrives_piece_by_piece_and_a_cancel_hangs_up_on_it() {
     use creature::voice::cascade::llm::{ChatSettings, LlmEvent, LlmTurns, Role};
@@ -312,30 +300,6 @@ async fn a_streamed_llm_turn_arrives_piece_by_piece_and_a_cancel_hangs_up_on_it(
         system_prompt: "be brief".into(),
     })
     .unwrap();
-    let collect = |id: u64, until: fn(&LlmEvent) -> bool| {
-        let llm = &llm;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut events = Vec::new();
-            while Instant::now() < deadline {
-                match llm.poll() {
-                    Some(e) => {
-                        let stop = until(&e);
-                        assert!(
-                            matches!(e, LlmEvent::Piece { id: i, .. } | LlmEvent::Done { id: i } if i == id),
-                            "{e:?}"
-                        );
-                        events.push(e);
-                        if stop {
-                            break;
-                        }
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-            events
-        }
-    };
     let asked = Instant::now();
     llm.ask(
         1,
@@ -345,7 +309,18 @@ async fn a_streamed_llm_turn_arrives_piece_by_piece_and_a_cancel_hangs_up_on_it(
             (Role::User, "bring me the cup".into()),
         ],
     );
-    let events = collect(1, |e| matches!(e, LlmEvent::Done { .. })).await;
+    let mut events = Vec::new();
+    loop {
+        let e = next_event(&llm, "the reply").await;
+        assert!(
+            matches!(e, LlmEvent::Piece { id: 1, .. } | LlmEvent::Done { id: 1 }),
+            "{e:?}"
+        );
+        events.push(e);
+        if matches!(events.last(), Some(LlmEvent::Done { .. })) {
+            break;
+        }
+    }
     assert!(asked.elapsed() >= Duration::from_millis(150));
     let text: String = events
         .iter()
@@ -381,14 +356,7 @@ async fn a_streamed_llm_turn_arrives_piece_by_piece_and_a_cancel_hangs_up_on_it(
     })
     .unwrap();
     llm2.ask(7, vec![(Role::User, "count".into())]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let first = loop {
-        if let Some(e) = llm2.poll() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no first piece");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let first = next_event(&llm2, "a first piece").await;
     assert!(matches!(first, LlmEvent::Piece { id: 7, .. }), "{first:?}");
     llm2.cancel(7);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -411,14 +379,7 @@ async fn a_streamed_llm_turn_arrives_piece_by_piece_and_a_cancel_hangs_up_on_it(
     })
     .unwrap();
     dead.ask(3, vec![(Role::User, "hello?".into())]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let failed = loop {
-        if let Some(e) = dead.poll() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no failure reported");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let failed = next_event(&dead, "the failure").await;
     match failed {
         LlmEvent::Failed { id: 3, why } => assert!(why.contains("refused"), "{why}"),
         other => panic!("{other:?}"),

@@ -16,43 +16,15 @@ use creature_actors::turns::TurnOutcome;
 use creature_actors::{FRAME_SAMPLES, SAMPLE_RATE};
 use serde_json::{Value, json};
 
-use common::{assert_schema, eventually, start_with};
+use common::{assert_schema, eventually, speech_script, start_with};
 
 const FRAME_MS: f64 = 80.0;
 /// The loop's voice detector waits this many quiet frames before a turn ends.
 const HANGOVER_MS: f64 = 240.0;
 
-/// A deterministic noise source (xorshift), so every run hears the same "speech".
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-/// A conversation script at `rate` Hz: (seconds, speaking) pieces. Speech is loud noise
-/// swelling at a syllable rate (every 80 ms of it well above any voice threshold, and
-/// louder than the creature, so it can interrupt it); pauses are digital silence.
+/// A conversation script at `rate` Hz (see [`speech_script`]).
 fn script(rate: u32, pieces: &[(f64, bool)]) -> Vec<f32> {
-    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
-    let mut out = Vec::new();
-    for &(seconds, speaking) in pieces {
-        let n = (seconds * f64::from(rate)).round() as usize;
-        for i in 0..n {
-            out.push(if speaking {
-                let t = i as f32 / rate as f32;
-                let swell = 0.8 + 0.2 * (std::f32::consts::TAU * 4.0 * t).sin();
-                0.9 * swell * noise.next()
-            } else {
-                0.0
-            });
-        }
-    }
-    out
+    speech_script(rate, pieces)
 }
 
 /// Speech, a pause long enough for the reply, speech again 320 ms into the reply (a

@@ -39,10 +39,7 @@ pub struct StepRequest {
 impl StepRequest {
     /// An output buffer for [`StepRequest::out`]: a silent frame.
     pub fn output_buffer() -> StepOutput {
-        StepOutput {
-            agent: vec![0.0; FRAME_SAMPLES],
-            text: None,
-        }
+        StepOutput::silence()
     }
 }
 

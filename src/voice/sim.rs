@@ -411,10 +411,7 @@ impl VoiceModel for SimVoice {
     }
 
     fn step(&mut self, user: &[f32]) -> Result<StepOutput, VoiceError> {
-        let mut out = StepOutput {
-            agent: vec![0.0; FRAME_SAMPLES],
-            text: None,
-        };
+        let mut out = StepOutput::silence();
         self.step_into(user, &mut out)?;
         Ok(out)
     }

@@ -19,6 +19,16 @@ pub struct StepOutput {
     pub text: Option<String>,
 }
 
+impl StepOutput {
+    /// A silent frame and no text.
+    pub fn silence() -> StepOutput {
+        StepOutput {
+            agent: vec![0.0; FRAME_SAMPLES],
+            text: None,
+        }
+    }
+}
+
 /// Where the time of one answered turn went, for a backend built of stages (the
 /// `cascade`: end of turn -> speech-to-text -> LLM -> text-to-speech), each in ms of stream
 /// time (whole 80 ms frames) from the end of the previous one. They start at the user's

@@ -275,7 +275,8 @@ mod tests {
     #[test]
     fn each_impossible_value_is_refused_by_its_key() {
         CascadeConfig::default().check().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut CascadeConfig)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut CascadeConfig)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("silence_ms", Box::new(|c| c.silence_ms = 0)),
             ("min_silence_ms", Box::new(|c| c.min_silence_ms = 5_000)),
             ("pause_threshold", Box::new(|c| c.pause_threshold = 1.5)),

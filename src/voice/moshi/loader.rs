@@ -443,6 +443,44 @@ pub fn load_checkpoint(
     })
 }
 
+/// The vocabulary of an STT or TTS checkpoint, which must hold `text_card` pieces.
+pub(super) fn load_vocabulary(
+    path: &Path,
+    text_card: usize,
+) -> Result<SentencePieceModel, VoiceError> {
+    let tokenizer = load_tokenizer(path)?;
+    if tokenizer.len() != text_card {
+        return Err(load_error(
+            path,
+            format!(
+                "vocabulary size mismatch: {} pieces, but config.json's text_card is {text_card}",
+                tokenizer.len(),
+            ),
+        ));
+    }
+    Ok(tokenizer)
+}
+
+/// Mimi of `config`'s sizes from `path`, computing in f32.
+pub(super) fn load_mimi(
+    path: &Path,
+    config: &MimiConfig,
+    device: &Device,
+) -> Result<Mimi, VoiceError> {
+    let tensors = read_safetensors(path, device)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Mimi::new(config.to_moshi(), vb).map_err(|e| {
+        load_error(
+            path,
+            format!(
+                "weights do not fit Mimi with n_q {}: {}",
+                config.quantizer_n_q,
+                first_line(&e)
+            ),
+        )
+    })
+}
+
 pub(super) fn load_tokenizer(path: &Path) -> Result<SentencePieceModel, VoiceError> {
     let bytes = std::fs::read(path).map_err(|e| load_error(path, io_reason(&e)))?;
     SentencePieceModel::parse(&bytes)

@@ -9,6 +9,9 @@
 //! - [`loader`]: the checkpoint directory (Kyutai's layout), `config.json`, and checks.
 //! - [`spm`]: SentencePiece `.model` files and the streaming text-piece decoder.
 //! - [`tiny`]: `creature moshi tiny DIR`, a random-weight checkpoint that runs on a CPU.
+//! - [`random`]: `creature moshi random --size ...`, random checkpoints of the real sizes.
+//! - [`stt`] and [`tts`]: Kyutai's streaming speech-to-text and text-to-speech checkpoints
+//!   (loaders and tiny writers), the two model stages of the `cascade` backend.
 //! - [`bench`]: `creature bench mimi` and `creature bench lm`.
 //!
 //! # Long conversations

@@ -69,6 +69,9 @@ pub struct SentencePieceModel {
     normal: HashMap<String, (u32, f32)>,
     /// The longest normal piece, in bytes, so the encoder knows how far to look.
     longest: usize,
+    /// What spelling a character with byte pieces costs the encoder: below any normal
+    /// piece, so a split that uses the vocabulary always wins.
+    fallback_score: f32,
     /// The id of each byte piece `<0xNN>`, where the model has it.
     bytes: Vec<Option<u32>>,
     unknown: Option<u32>,
@@ -103,10 +106,12 @@ impl SentencePieceModel {
             }
         }
         let longest = normal.keys().map(String::len).max().unwrap_or(0);
+        let min_score = normal.values().map(|&(_, s)| s).fold(0.0f32, f32::min);
         SentencePieceModel {
             pieces,
             normal,
             longest,
+            fallback_score: min_score - 10.0,
             bytes,
             unknown,
         }
@@ -190,10 +195,6 @@ impl SentencePieceModel {
         let text: String = std::iter::once(WORD_MARK)
             .chain(word.chars().map(|c| if c == ' ' { WORD_MARK } else { c }))
             .collect();
-        // A character spelled with fallback pieces costs more than any real piece, so a
-        // split that uses the vocabulary always wins.
-        let min_score = self.normal.values().map(|&(_, s)| s).fold(0.0f32, f32::min);
-        let fallback_score = min_score - 10.0;
         // best[i]: the best score of a split of text[..i], and the step that ends there.
         #[derive(Clone, Copy)]
         enum Step {
@@ -214,7 +215,7 @@ impl SentencePieceModel {
             };
             offer(
                 start + c.len_utf8(),
-                score + fallback_score,
+                score + self.fallback_score,
                 Step::Fallback { from: start },
             );
             let rest = &text[start..];

@@ -26,7 +26,6 @@ use moshi::asr::{AsrMsg, State};
 use moshi::candle::{DType, Device, Tensor};
 use moshi::candle_nn::VarBuilder;
 use moshi::lm::{self, LmModel};
-use moshi::mimi::Mimi;
 use moshi::nn::MaybeQuantizedVarBuilder;
 use serde::Deserialize;
 use serde_json::json;
@@ -244,33 +243,9 @@ impl Stt {
             ));
         }
         let config = SttConfig::load(dir)?;
-        let tokenizer_path = dir.join(&config.tokenizer_name);
-        let tokenizer = loader::load_tokenizer(&tokenizer_path)?;
-        if tokenizer.len() != config.text_card {
-            return Err(load_error(
-                &tokenizer_path,
-                format!(
-                    "vocabulary size mismatch: {} pieces, but config.json's text_card is {}",
-                    tokenizer.len(),
-                    config.text_card
-                ),
-            ));
-        }
-        let mimi_path = dir.join(&config.mimi_name);
-        let mimi = {
-            let tensors = read_safetensors(&mimi_path, device)?;
-            let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-            Mimi::new(config.mimi().to_moshi(), vb).map_err(|e| {
-                load_error(
-                    &mimi_path,
-                    format!(
-                        "weights do not fit Mimi with n_q {}: {}",
-                        config.n_q,
-                        first_line(&e)
-                    ),
-                )
-            })?
-        };
+        let tokenizer =
+            loader::load_vocabulary(&dir.join(&config.tokenizer_name), config.text_card)?;
+        let mimi = loader::load_mimi(&dir.join(&config.mimi_name), &config.mimi(), device)?;
         let lm_path = dir.join(STT_LM_FILE);
         let lm = {
             let tensors = read_safetensors(&lm_path, device)?;
@@ -400,17 +375,7 @@ pub fn write_tiny_stt(dir: &Path, seed: u64) -> Result<Vec<(PathBuf, u64)>, Voic
     };
     config.check().map_err(|e| load_error(dir, e))?;
     let device = Device::Cpu;
-    let mimi_weights = RandomWeights::new(seed);
-    Mimi::new(
-        mimi.to_moshi(),
-        mimi_weights.var_builder(DType::F32, &device),
-    )
-    .map_err(|e| {
-        load_error(
-            &dir.join(STT_MIMI_FILE),
-            format!("cannot build the tiny Mimi: {e}"),
-        )
-    })?;
+    let mimi_weights = tiny::random_mimi(&mimi, seed, &dir.join(STT_MIMI_FILE))?;
     let lm_weights = RandomWeights::new(seed.wrapping_add(1));
     LmModel::new(
         &config.lm(),
@@ -449,20 +414,10 @@ pub fn write_tiny_stt(dir: &Path, seed: u64) -> Result<Vec<(PathBuf, u64)>, Voic
             )
         })?;
 
-    let mut files = Vec::new();
-    let mut write = |name: &str, result: Result<(), String>| -> Result<(), VoiceError> {
-        let path = dir.join(name);
-        result.map_err(|e| load_error(&path, format!("cannot write: {e}")))?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        files.push((path, size));
-        Ok(())
-    };
-    write(STT_LM_FILE, lm_weights.save(&dir.join(STT_LM_FILE)))?;
-    write(STT_MIMI_FILE, mimi_weights.save(&dir.join(STT_MIMI_FILE)))?;
-    write(
-        STT_TOKENIZER_FILE,
-        std::fs::write(dir.join(STT_TOKENIZER_FILE), vocab.to_bytes()).map_err(|e| e.to_string()),
-    )?;
+    let mut written = tiny::Written::new(dir);
+    written.file(STT_LM_FILE, lm_weights.save(&dir.join(STT_LM_FILE)))?;
+    written.file(STT_MIMI_FILE, mimi_weights.save(&dir.join(STT_MIMI_FILE)))?;
+    written.bytes(STT_TOKENIZER_FILE, &vocab.to_bytes())?;
     let file = json!({
         "mimi_name": config.mimi_name,
         "tokenizer_name": config.tokenizer_name,
@@ -483,16 +438,8 @@ pub fn write_tiny_stt(dir: &Path, seed: u64) -> Result<Vec<(PathBuf, u64)>, Voic
         "extra_heads_dim": config.extra_heads_dim,
         "mimi": mimi,
     });
-    write(
-        loader::CONFIG_FILE,
-        serde_json::to_string_pretty(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                std::fs::write(dir.join(loader::CONFIG_FILE), text + "\n")
-                    .map_err(|e| e.to_string())
-            }),
-    )?;
-    Ok(files)
+    written.json(loader::CONFIG_FILE, &file)?;
+    Ok(written.into_files())
 }
 
 #[cfg(test)]

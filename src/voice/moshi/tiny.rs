@@ -185,17 +185,7 @@ pub fn write_tiny_checkpoint(dir: &Path, seed: u64, q8: bool) -> Result<TinyRepo
     let arch = tiny_architecture(vocab.len()).map_err(|e| load_error(dir, e))?;
     let device = Device::Cpu;
 
-    let mimi_weights = RandomWeights::new(seed);
-    Mimi::new(
-        arch.mimi.to_moshi(),
-        mimi_weights.var_builder(DType::F32, &device),
-    )
-    .map_err(|e| {
-        load_error(
-            &dir.join(loader::MIMI_FILE),
-            format!("cannot build the tiny Mimi: {e}"),
-        )
-    })?;
+    let mimi_weights = random_mimi(&arch.mimi, seed, &dir.join(loader::MIMI_FILE))?;
     let lm_weights = RandomWeights::new(seed.wrapping_add(1));
     LmModel::new(
         &arch.lm,
@@ -230,51 +220,99 @@ pub fn write_tiny_checkpoint(dir: &Path, seed: u64, q8: bool) -> Result<TinyRepo
             )
         })?;
 
-    let mut files = Vec::new();
-    let mut write = |name: &str, result: Result<(), String>| -> Result<(), VoiceError> {
-        let path = dir.join(name);
-        result.map_err(|e| load_error(&path, format!("cannot write: {e}")))?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        files.push((path, size));
-        Ok(())
-    };
+    let mut written = Written::new(dir);
     let (lm_tensors, lm_parameters) = lm_weights.counts();
     let (mimi_tensors, mimi_parameters) = mimi_weights.counts();
     if q8 {
-        write(
+        written.file(
             loader::LM_GGUF,
             lm_weights.save_q8(&dir.join(loader::LM_GGUF)),
         )?;
     } else {
-        write(
+        written.file(
             loader::LM_SAFETENSORS,
             lm_weights.save(&dir.join(loader::LM_SAFETENSORS)),
         )?;
     }
-    write(
+    written.file(
         loader::MIMI_FILE,
         mimi_weights.save(&dir.join(loader::MIMI_FILE)),
     )?;
-    write(
-        loader::TOKENIZER_FILE,
-        std::fs::write(dir.join(loader::TOKENIZER_FILE), vocab.to_bytes())
-            .map_err(|e| e.to_string()),
-    )?;
-    let config = serde_json::to_string_pretty(&config_json(&arch)).map_err(|e| e.to_string());
-    write(
-        loader::CONFIG_FILE,
-        config.and_then(|c| {
-            std::fs::write(dir.join(loader::CONFIG_FILE), c + "\n").map_err(|e| e.to_string())
-        }),
-    )?;
+    written.bytes(loader::TOKENIZER_FILE, &vocab.to_bytes())?;
+    written.json(loader::CONFIG_FILE, &config_json(&arch))?;
     Ok(TinyReport {
-        files,
+        files: written.into_files(),
         lm_tensors,
         lm_parameters,
         mimi_tensors,
         mimi_parameters,
         text_vocab: vocab.len(),
     })
+}
+
+/// Random Mimi weights of `config`'s sizes (made as the model asks for them), to be saved
+/// as `path`; an error names that file.
+pub(super) fn random_mimi(
+    config: &loader::MimiConfig,
+    seed: u64,
+    path: &Path,
+) -> Result<RandomWeights, VoiceError> {
+    let weights = RandomWeights::new(seed);
+    Mimi::new(
+        config.to_moshi(),
+        weights.var_builder(DType::F32, &Device::Cpu),
+    )
+    .map_err(|e| load_error(path, format!("cannot build the tiny Mimi: {e}")))?;
+    Ok(weights)
+}
+
+/// Files written into a checkpoint directory, with their sizes; a file that could not be
+/// written is an error naming it.
+#[derive(Debug)]
+pub(super) struct Written {
+    dir: PathBuf,
+    files: Vec<(PathBuf, u64)>,
+}
+
+impl Written {
+    pub(super) fn new(dir: &Path) -> Written {
+        Written {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+        }
+    }
+
+    /// `name` in the directory, as written by `result`.
+    pub(super) fn file(
+        &mut self,
+        name: &str,
+        result: Result<(), String>,
+    ) -> Result<(), VoiceError> {
+        let path = self.dir.join(name);
+        result.map_err(|e| load_error(&path, format!("cannot write: {e}")))?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.files.push((path, size));
+        Ok(())
+    }
+
+    /// Write `bytes` as `name`.
+    pub(super) fn bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), VoiceError> {
+        let result = std::fs::write(self.dir.join(name), bytes).map_err(|e| e.to_string());
+        self.file(name, result)
+    }
+
+    /// Write `value` as `name`, pretty JSON with a final newline.
+    pub(super) fn json(&mut self, name: &str, value: &serde_json::Value) -> Result<(), VoiceError> {
+        let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string());
+        match text {
+            Ok(text) => self.bytes(name, (text + "\n").as_bytes()),
+            Err(e) => self.file(name, Err(e)),
+        }
+    }
+
+    pub(super) fn into_files(self) -> Vec<(PathBuf, u64)> {
+        self.files
+    }
 }
 
 /// A candle weight source that invents every tensor asked for, deterministically from its

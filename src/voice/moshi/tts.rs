@@ -551,33 +551,8 @@ pub fn load_tts(
         ));
     }
     let config = TtsConfig::load(dir)?;
-    let tokenizer_path = dir.join(&config.tokenizer_name);
-    let tokenizer = loader::load_tokenizer(&tokenizer_path)?;
-    if tokenizer.len() != config.text_card {
-        return Err(load_error(
-            &tokenizer_path,
-            format!(
-                "vocabulary size mismatch: {} pieces, but config.json's text_card is {}",
-                tokenizer.len(),
-                config.text_card
-            ),
-        ));
-    }
-    let mimi_path = dir.join(&config.mimi_name);
-    let mimi = {
-        let tensors = read_safetensors(&mimi_path, device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Mimi::new(config.mimi().to_moshi(), vb).map_err(|e| {
-            load_error(
-                &mimi_path,
-                format!(
-                    "weights do not fit Mimi with n_q {}: {}",
-                    config.n_q,
-                    first_line(&e)
-                ),
-            )
-        })?
-    };
+    let tokenizer = loader::load_vocabulary(&dir.join(&config.tokenizer_name), config.text_card)?;
+    let mimi = loader::load_mimi(&dir.join(&config.mimi_name), &config.mimi(), device)?;
     let lm_path = dir.join(&config.moshi_name);
     let vb = VarBuilder::from_tensors(read_safetensors(&lm_path, device)?, dtype, device);
     let lm =
@@ -863,17 +838,7 @@ pub fn write_tiny_tts(dir: &Path, seed: u64) -> Result<Vec<(PathBuf, u64)>, Voic
     let config = tiny_config(vocab.len()).map_err(|e| load_error(dir, e))?;
     let mimi = config.mimi();
     let device = Device::Cpu;
-    let mimi_weights = RandomWeights::new(seed);
-    Mimi::new(
-        mimi.to_moshi(),
-        mimi_weights.var_builder(DType::F32, &device),
-    )
-    .map_err(|e| {
-        load_error(
-            &dir.join(TTS_MIMI_FILE),
-            format!("cannot build the tiny Mimi: {e}"),
-        )
-    })?;
+    let mimi_weights = tiny::random_mimi(&mimi, seed, &dir.join(TTS_MIMI_FILE))?;
     let lm_path = dir.join(TTS_LM_FILE);
     let lm_weights = RandomWeights::new(seed.wrapping_add(1));
     let vb = lm_weights.var_builder(DType::F32, &device);
@@ -886,30 +851,12 @@ pub fn write_tiny_tts(dir: &Path, seed: u64) -> Result<Vec<(PathBuf, u64)>, Voic
         )
     })?;
 
-    let mut files = Vec::new();
-    let mut write = |name: &str, result: Result<(), String>| -> Result<(), VoiceError> {
-        let path = dir.join(name);
-        result.map_err(|e| load_error(&path, format!("cannot write: {e}")))?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        files.push((path, size));
-        Ok(())
-    };
-    write(TTS_LM_FILE, lm_weights.save(&lm_path))?;
-    write(TTS_MIMI_FILE, mimi_weights.save(&dir.join(TTS_MIMI_FILE)))?;
-    write(
-        TTS_TOKENIZER_FILE,
-        std::fs::write(dir.join(TTS_TOKENIZER_FILE), vocab.to_bytes()).map_err(|e| e.to_string()),
-    )?;
-    write(
-        loader::CONFIG_FILE,
-        serde_json::to_string_pretty(&config.to_json())
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                std::fs::write(dir.join(loader::CONFIG_FILE), text + "\n")
-                    .map_err(|e| e.to_string())
-            }),
-    )?;
-    Ok(files)
+    let mut written = tiny::Written::new(dir);
+    written.file(TTS_LM_FILE, lm_weights.save(&lm_path))?;
+    written.file(TTS_MIMI_FILE, mimi_weights.save(&dir.join(TTS_MIMI_FILE)))?;
+    written.bytes(TTS_TOKENIZER_FILE, &vocab.to_bytes())?;
+    written.json(loader::CONFIG_FILE, &config.to_json())?;
+    Ok(written.into_files())
 }
 
 #[cfg(test)]
