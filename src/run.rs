@@ -119,6 +119,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(voice) = args.voice {
         config.voice.backend = voice;
     }
+    if args.fast
+        && config.voice.backend == Backend::Cascade
+        && !config.voice.cascade.llm_url.trim().is_empty()
+    {
+        eprintln!(
+            "run: note: the cascade's LLM answers in wall time; on the virtual clock (--fast) its wait counts as however many steps pass meanwhile. Measure an LLM endpoint without --fast."
+        );
+    }
     let wav = Wav::read(&args.input)
         .with_context(|| format!("cannot use {} as the user's audio", args.input.display()))?;
     let user = wav.to_loop_audio();

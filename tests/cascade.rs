@@ -555,3 +555,76 @@ async fn bench_turn_runs_sim_moshi_and_the_cascade_on_one_script_side_by_side() 
     let err = run_turn(&real).await.unwrap_err().to_string();
     assert!(err.contains("--stt-dir"), "{err}");
 }
+
+#[test]
+fn creature_run_drives_the_cascade_from_a_wav_and_prints_its_stages() {
+    use creature::wav::{self, Wav};
+    use std::process::Command;
+
+    let bin = env!("CARGO_BIN_EXE_creature");
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny checkpoints, written by the CLI as a user would.
+    for kind in ["stt", "tts"] {
+        let out = Command::new(bin)
+            .args(["moshi", "tiny", "--kind", kind])
+            .arg(dir.path().join(kind))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("config.json"), "{kind}: {stdout}");
+    }
+    assert!(dir.path().join("tts").join(tts::TTS_LM_FILE).is_file());
+    let config = dir.path().join("creature.toml");
+    std::fs::write(
+        &config,
+        "[voice.cascade]\nend_of_turn = \"silence\"\n[voice]\nrealtime_priority = false\n",
+    )
+    .unwrap();
+    let input = dir.path().join("user.wav");
+    let user = script(&[(0.4, false), (1.2, true), (4.0, false)]);
+    std::fs::write(&input, wav::encode(&user, SAMPLE_RATE, 1, wav::PCM, 16)).unwrap();
+    let output = dir.path().join("agent.wav");
+    let run = Command::new(bin)
+        .args(["run", "--fast", "--config"])
+        .arg(&config)
+        .arg("--stt-dir")
+        .arg(dir.path().join("stt"))
+        .arg("--tts-dir")
+        .arg(dir.path().join("tts"))
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .env("CREATURE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("cascade voice, virtual clock"), "{stdout}");
+    assert!(stdout.contains("stages (ms, stream time"), "{stdout}");
+    assert!(stdout.contains("answered"), "{stdout}");
+    let agent = Wav::read(&output).unwrap();
+    assert_eq!(agent.samples.len(), user.len());
+    assert!(
+        agent.samples.iter().any(|s| s.abs() > 0.01),
+        "the reply is in the output"
+    );
+
+    // Without its checkpoints the cascade says which key is missing.
+    let run = Command::new(bin)
+        .args(["run", "--fast", "--voice", "cascade", "--in"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .env("CREATURE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("stt_dir"), "{stderr}");
+}

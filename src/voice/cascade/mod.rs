@@ -479,17 +479,7 @@ impl CascadeVoice {
             && self.loud_frames >= MIN_TURN_FRAMES
             && let Some(last) = self.last_loud
         {
-            let quiet = step - last;
-            let pause = heard
-                .pause
-                .get(self.settings.pause_head)
-                .copied()
-                .unwrap_or(0.0);
-            let ended = quiet >= self.settings.silence_frames()
-                || (self.end_of_turn == EndOfTurn::PausePrediction
-                    && quiet >= self.settings.min_silence_frames()
-                    && pause >= self.settings.pause_threshold);
-            if ended {
+            if turn_over(&self.settings, self.end_of_turn, step - last, &heard.pause) {
                 self.end_turn(last);
             }
         }
@@ -560,6 +550,17 @@ impl CascadeVoice {
         self.step += 1;
         Ok(())
     }
+}
+
+/// Whether the user's turn is over after `quiet` frames since their last loud one, given
+/// the STT's pause probabilities of this step (`rule` is `auto` resolved).
+fn turn_over(settings: &CascadeConfig, rule: EndOfTurn, quiet: u64, pause: &[f32]) -> bool {
+    let predicted = rule == EndOfTurn::PausePrediction
+        && quiet >= settings.min_silence_frames()
+        && pause
+            .get(settings.pause_head)
+            .is_some_and(|p| *p >= settings.pause_threshold);
+    quiet >= settings.silence_frames() || predicted
 }
 
 impl VoiceModel for CascadeVoice {
@@ -676,6 +677,28 @@ mod tests {
 
     fn load(c: &CascadeConfig) -> Result<CascadeVoice, VoiceError> {
         CascadeVoice::load(c, -42.0, -45.0)
+    }
+
+    #[test]
+    fn a_turn_ends_on_silence_or_earlier_on_a_confident_pause_prediction() {
+        let c = CascadeConfig::default(); // silence 480 ms (6 frames), min 160 ms, head 1, 0.6
+        let sure = [0.1, 0.9, 0.2, 0.1];
+        let unsure = [0.9, 0.3, 0.9, 0.9];
+        for rule in [EndOfTurn::Silence, EndOfTurn::PausePrediction] {
+            assert!(!turn_over(&c, rule, 5, &unsure));
+            assert!(
+                turn_over(&c, rule, 6, &unsure),
+                "silence ends it either way"
+            );
+        }
+        // The energy rule ignores the heads.
+        assert!(!turn_over(&c, EndOfTurn::Silence, 2, &sure));
+        // The prediction ends it once its head is sure and the quiet is long enough.
+        assert!(!turn_over(&c, EndOfTurn::PausePrediction, 1, &sure));
+        assert!(turn_over(&c, EndOfTurn::PausePrediction, 2, &sure));
+        assert!(!turn_over(&c, EndOfTurn::PausePrediction, 2, &unsure));
+        // A step without the heads' figures waits for the silence.
+        assert!(!turn_over(&c, EndOfTurn::PausePrediction, 3, &[]));
     }
 
     #[test]
