@@ -478,10 +478,9 @@ impl CascadeVoice {
         if self.reply.is_none()
             && self.loud_frames >= MIN_TURN_FRAMES
             && let Some(last) = self.last_loud
+            && turn_over(&self.settings, self.end_of_turn, step - last, &heard.pause)
         {
-            if turn_over(&self.settings, self.end_of_turn, step - last, &heard.pause) {
-                self.end_turn(last);
-            }
+            self.end_turn(last);
         }
         if let Some(reply) = &self.reply
             && reply.transcript.is_none()
