@@ -22,6 +22,7 @@ pub fn build(config: &Config) -> Result<Box<dyn VoiceModel>, VoiceError> {
         Backend::MoshiRemote => remote::build(&config.voice.remote),
         Backend::Cascade => Ok(Box::new(cascade::CascadeVoice::load(
             &config.voice.cascade,
+            config.voice.cascade.llm_endpoint(&config.reasoner.llm),
             config.voice.actor.user_vad_dbfs,
             config.voice.actor.agent_speaking_dbfs,
         )?)),

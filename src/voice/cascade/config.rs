@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::planner_llm::LlmConfig;
 use crate::voice::moshi::{MoshiDevice, MoshiDtype};
 
 /// How the cascade decides that the user's turn is over.
@@ -55,8 +56,9 @@ pub struct CascadeConfig {
     /// Without an LLM endpoint, the built-in responder answers this long after the
     /// transcript is final (stream time: a stand-in for an LLM's time to first token).
     pub responder_delay_ms: u64,
-    /// An OpenAI-compatible endpoint (`http://host:port/v1`) for the replies; empty: the
-    /// built-in responder.
+    /// An OpenAI-compatible endpoint (`http://host:port/v1`) for the replies. Empty: the
+    /// reasoner's endpoint (`[reasoner.llm]`, with its model and key) where one is
+    /// configured, else the built-in responder; `"builtin"`: the built-in responder.
     pub llm_url: String,
     pub llm_model: String,
     /// The environment variable holding the endpoint's API key (unset: no key sent).
@@ -77,6 +79,9 @@ pub struct CascadeConfig {
     pub tts_top_k: usize,
     pub seed: u64,
 }
+
+/// `llm_url` naming the built-in responder, whatever `[reasoner.llm]` says.
+pub const BUILTIN: &str = "builtin";
 
 /// The creature's instructions to an LLM that speaks for it.
 pub const SYSTEM_PROMPT: &str = "You are a small robot creature that talks with the people around it and can do simple physical tasks (bring, fetch, give, put, open, close, switch on or off, clean, pour, push, pull, look at, go to). Your replies are spoken aloud: answer in one or two short sentences of plain words, no lists, no markup, no emoji. When you agree to do something physical, say it as your own commitment in the first person, for example \"Okay, I'll bring you the cup.\"";
@@ -165,13 +170,17 @@ impl CascadeConfig {
             );
         }
         let url = self.llm_url.trim();
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty()
+            || url == BUILTIN
+            || url.starts_with("http://")
+            || url.starts_with("https://"))
+        {
             return invalid(
                 "voice.cascade.llm_url",
-                format!("{url:?} is not an http:// or https:// URL"),
+                format!("{url:?} is not an http:// or https:// URL (or \"builtin\")"),
             );
         }
-        if !url.is_empty() && self.llm_model.trim().is_empty() {
+        if url.starts_with("http") && self.llm_model.trim().is_empty() {
             return invalid("voice.cascade.llm_model", "must name a model".into());
         }
         if !(self.llm_timeout_secs.is_finite()
@@ -220,6 +229,29 @@ impl CascadeConfig {
             );
         }
         Ok(())
+    }
+
+    /// Where the replies come from, with `[reasoner.llm]` standing in for an empty
+    /// `llm_url`: the endpoint, model and API-key variable, or `None` for the built-in
+    /// responder.
+    pub fn llm_endpoint(&self, reasoner: &LlmConfig) -> Option<(String, String, String)> {
+        let own = self.llm_url.trim();
+        let reasoner_url = reasoner.base_url.trim();
+        if own == BUILTIN || (own.is_empty() && reasoner_url.is_empty()) {
+            None
+        } else if own.is_empty() {
+            Some((
+                reasoner_url.to_string(),
+                reasoner.model.clone(),
+                reasoner.api_key_env.clone(),
+            ))
+        } else {
+            Some((
+                own.to_string(),
+                self.llm_model.clone(),
+                self.llm_api_key_env.clone(),
+            ))
+        }
     }
 
     /// Frames of quiet that end a turn by the energy rule (at least one).
@@ -322,6 +354,42 @@ mod tests {
                 "{key}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_replies_come_from_the_own_endpoint_else_the_reasoners_else_the_builtin() {
+        let reasoner = LlmConfig {
+            base_url: "http://planner:8080/v1".into(),
+            model: "planner-model".into(),
+            api_key_env: "PLANNER_KEY".into(),
+            ..LlmConfig::default()
+        };
+        let none = LlmConfig::default();
+        let c = CascadeConfig::default();
+        assert_eq!(c.llm_endpoint(&none), None);
+        assert_eq!(
+            c.llm_endpoint(&reasoner),
+            Some((
+                "http://planner:8080/v1".into(),
+                "planner-model".into(),
+                "PLANNER_KEY".into()
+            ))
+        );
+        let own = CascadeConfig {
+            llm_url: "http://talker:9000/v1".into(),
+            llm_model: "talker".into(),
+            ..CascadeConfig::default()
+        };
+        assert_eq!(
+            own.llm_endpoint(&reasoner).map(|e| e.1),
+            Some("talker".to_string())
+        );
+        let builtin = CascadeConfig {
+            llm_url: BUILTIN.into(),
+            ..CascadeConfig::default()
+        };
+        builtin.check().unwrap();
+        assert_eq!(builtin.llm_endpoint(&reasoner), None);
     }
 
     #[test]

@@ -141,8 +141,11 @@ impl std::fmt::Debug for CascadeVoice {
 impl CascadeVoice {
     /// Load both checkpoints and warm them up. `user_dbfs` and `agent_dbfs` are the voice
     /// loop's thresholds, so the cascade's idea of "loud" is the loop's.
+    /// `llm` is where the replies come from ([`CascadeConfig::llm_endpoint`]): an endpoint,
+    /// its model and the variable holding its key; `None`: the built-in responder.
     pub fn load(
         settings: &CascadeConfig,
+        llm: Option<(String, String, String)>,
         user_dbfs: f32,
         agent_dbfs: f32,
     ) -> Result<CascadeVoice, VoiceError> {
@@ -190,27 +193,27 @@ impl CascadeVoice {
         // Warm-up: one STT step (the TTS warms up on its first reply).
         stt.step(&[0.0; FRAME_SAMPLES])?;
         stt.reset()?;
-        let llm = if settings.llm_url.trim().is_empty() {
-            None
-        } else {
-            let api_key = std::env::var(settings.llm_api_key_env.trim())
-                .ok()
-                .filter(|k| !k.is_empty());
-            Some(LlmTurns::start(ChatSettings {
-                base_url: settings.llm_url.trim().trim_end_matches('/').to_string(),
-                model: settings.llm_model.clone(),
-                api_key,
-                timeout: std::time::Duration::from_secs_f64(settings.llm_timeout_secs),
-                max_tokens: settings.llm_max_tokens,
-                temperature: settings.llm_temperature,
-                system_prompt: settings.system_prompt.clone(),
-            })?)
+        let endpoint = llm.as_ref().map(|(url, _, _)| url.clone());
+        let llm = match llm {
+            None => None,
+            Some((url, model, key_env)) => {
+                let api_key = std::env::var(key_env.trim()).ok().filter(|k| !k.is_empty());
+                Some(LlmTurns::start(ChatSettings {
+                    base_url: url.trim().trim_end_matches('/').to_string(),
+                    model,
+                    api_key,
+                    timeout: std::time::Duration::from_secs_f64(settings.llm_timeout_secs),
+                    max_tokens: settings.llm_max_tokens,
+                    temperature: settings.llm_temperature,
+                    system_prompt: settings.system_prompt.clone(),
+                })?)
+            }
         };
         info!(
             stt = %stt_dir.display(),
             tts = %tts_dir.display(),
             end_of_turn = ?end_of_turn,
-            llm = if llm.is_some() { settings.llm_url.as_str() } else { "built-in responder" },
+            llm = endpoint.as_deref().unwrap_or("built-in responder"),
             load_ms = started.elapsed().as_millis() as u64,
             "cascade loaded"
         );
@@ -675,7 +678,7 @@ mod tests {
     }
 
     fn load(c: &CascadeConfig) -> Result<CascadeVoice, VoiceError> {
-        CascadeVoice::load(c, -42.0, -45.0)
+        CascadeVoice::load(c, None, -42.0, -45.0)
     }
 
     #[test]
@@ -780,10 +783,14 @@ mod llm_down {
             stt_dir: Some(dir.path().join("stt")),
             tts_dir: Some(dir.path().join("tts")),
             end_of_turn: EndOfTurn::Silence,
-            llm_url: "http://127.0.0.1:9/v1".into(),
             ..CascadeConfig::default()
         };
-        let mut voice = CascadeVoice::load(&c, -42.0, -45.0).unwrap();
+        let dead = (
+            "http://127.0.0.1:9/v1".into(),
+            "m".into(),
+            "NO_SUCH_KEY".into(),
+        );
+        let mut voice = CascadeVoice::load(&c, Some(dead), -42.0, -45.0).unwrap();
         voice.hear_text("open the door").unwrap();
         let mut said = String::new();
         for _ in 0..400 {
