@@ -121,7 +121,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if args.fast
         && config.voice.backend == Backend::Cascade
-        && !config.voice.cascade.llm_url.trim().is_empty()
+        && config
+            .voice
+            .cascade
+            .llm_endpoint(&config.reasoner.llm)
+            .is_some()
     {
         eprintln!(
             "run: note: the cascade's LLM answers in wall time; on the virtual clock (--fast) its wait counts as however many steps pass meanwhile. Measure an LLM endpoint without --fast."
