@@ -47,6 +47,9 @@ pub struct CascadeConfig {
     /// no speech ahead), and the probability that ends the turn.
     pub pause_head: usize,
     pub pause_threshold: f32,
+    /// After the end of a turn, STT steps on silence run at most per frame ahead of real
+    /// time to flush its text delay (0: wait for the audio clock).
+    pub stt_flush_steps_per_frame: usize,
     /// Loud user frames in a row that stop the creature's reply (a barge-in).
     pub barge_in_frames: u32,
     /// The echo guard (as the `sim` voice's): while the creature's voice is on the way
@@ -99,6 +102,7 @@ impl Default for CascadeConfig {
             min_silence_ms: 160,
             pause_head: 1,
             pause_threshold: 0.6,
+            stt_flush_steps_per_frame: 2,
             barge_in_frames: 1,
             barge_in_margin_db: 6.0,
             responder_delay_ms: 320,
@@ -148,6 +152,12 @@ impl CascadeConfig {
             return invalid(
                 "voice.cascade.pause_head",
                 format!("{} is not a head of any published model", self.pause_head),
+            );
+        }
+        if self.stt_flush_steps_per_frame > 16 {
+            return invalid(
+                "voice.cascade.stt_flush_steps_per_frame",
+                format!("{} is over 16", self.stt_flush_steps_per_frame),
             );
         }
         if !(1..=25).contains(&self.barge_in_frames) {
@@ -314,6 +324,10 @@ mod tests {
             ("pause_threshold", Box::new(|c| c.pause_threshold = 1.5)),
             ("pause_head", Box::new(|c| c.pause_head = 99)),
             ("barge_in_frames", Box::new(|c| c.barge_in_frames = 0)),
+            (
+                "stt_flush_steps_per_frame",
+                Box::new(|c| c.stt_flush_steps_per_frame = 17),
+            ),
             (
                 "barge_in_margin_db",
                 Box::new(|c| c.barge_in_margin_db = f32::NAN),

@@ -10,7 +10,9 @@
 //! 2. The end of the user's turn is decided from the frames: the STT's pause prediction
 //!    where the checkpoint has it ([`EndOfTurn::PausePrediction`]), or `silence_ms` of
 //!    quiet after the last loud frame. The transcript is final once the STT's delay has
-//!    passed over the last loud frame.
+//!    passed over the last loud frame; after the end of turn the rest of that delay is run
+//!    on silence ahead of real time (`stt_flush_steps_per_frame` extra steps a frame), as
+//!    Kyutai's Unmute flushes its STT.
 //! 3. The transcript goes to the LLM (an OpenAI-compatible endpoint, streamed, on its own
 //!    runtime: [`llm`]) or, without one, to the built-in responder (the `sim` voice's
 //!    answers, after a fixed `responder_delay_ms` of stream time, a stated stand-in for
@@ -62,6 +64,8 @@ const NOT_CAUGHT: &str = "Sorry, I didn't catch that.";
 const STT_RESET_STEPS: u64 = 15_000;
 /// Longest transcript kept for one turn, in characters.
 const MAX_TRANSCRIPT_CHARS: usize = 2_000;
+/// A frame of silence, for flushing the STT.
+const SILENT_FRAME: [f32; FRAME_SAMPLES] = [0.0; FRAME_SAMPLES];
 /// dBFS of a silent frame as [`dbfs`] reports it.
 const SILENCE_DBFS: f32 = -120.0;
 
@@ -127,6 +131,8 @@ pub struct CascadeVoice {
     last_stages: Option<TurnStages>,
     last_error: Option<String>,
     stt_resets: u64,
+    /// STT steps run on silence ahead of real time to flush its delay.
+    flushed_steps: u64,
 }
 
 impl std::fmt::Debug for CascadeVoice {
@@ -247,6 +253,7 @@ impl CascadeVoice {
             last_stages: None,
             last_error: None,
             stt_resets: 0,
+            flushed_steps: 0,
         })
     }
 
@@ -324,6 +331,42 @@ impl CascadeVoice {
         });
         self.loud_frames = 0;
         self.last_loud = None;
+    }
+
+    /// After the end of a turn, run the STT's remaining delay on silence ahead of real
+    /// time (at most `stt_flush_steps_per_frame` steps this frame), as Kyutai's Unmute
+    /// does, so the last words come out now rather than when the audio clock gets there.
+    /// The STT's stream then holds that much more silence than the microphone gave.
+    fn flush_stt(&mut self, step: u64) -> Result<(), VoiceError> {
+        let Some(reply) = self.reply.as_ref() else {
+            return Ok(());
+        };
+        if reply.transcript.is_some() || step >= reply.final_at {
+            return Ok(());
+        }
+        let due = (reply.final_at - step).min(self.settings.stt_flush_steps_per_frame as u64);
+        for _ in 0..due {
+            let heard = self.stt.step(&SILENT_FRAME)?;
+            self.flushed_steps += 1;
+            for word in heard.words {
+                self.hear_word(&word.text);
+            }
+            if let Some(reply) = self.reply.as_mut() {
+                reply.final_at -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A word the STT closed, onto the turn being heard.
+    fn hear_word(&mut self, word: &str) {
+        self.words_heard += 1;
+        if self.heard.len() + word.len() < MAX_TRANSCRIPT_CHARS {
+            if !self.heard.is_empty() {
+                self.heard.push(' ');
+            }
+            self.heard.push_str(word);
+        }
     }
 
     /// The transcript is final: ask for the reply.
@@ -464,13 +507,7 @@ impl CascadeVoice {
         // 1. The STT hears every frame.
         let heard = self.stt.step(user)?;
         for word in &heard.words {
-            self.words_heard += 1;
-            if self.heard.len() + word.text.len() < MAX_TRANSCRIPT_CHARS {
-                if !self.heard.is_empty() {
-                    self.heard.push(' ');
-                }
-                self.heard.push_str(&word.text);
-            }
+            self.hear_word(&word.text);
         }
 
         // 2. The end of the user's turn.
@@ -485,6 +522,7 @@ impl CascadeVoice {
         {
             self.end_turn(last);
         }
+        self.flush_stt(step)?;
         if let Some(reply) = &self.reply
             && reply.transcript.is_none()
             && step >= reply.final_at
@@ -652,6 +690,7 @@ impl VoiceModel for CascadeVoice {
             "tts_stopped": tts_stopped,
             "tts_queued_frames": self.speaker.queued_frames(),
             "stt_resets": self.stt_resets,
+            "stt_flushed_steps": self.flushed_steps,
             "last_transcript": self.last_transcript,
             "last_reply": self.last_reply,
             "last_stages": self.last_stages,
@@ -701,6 +740,59 @@ mod tests {
         assert!(!turn_over(&c, EndOfTurn::PausePrediction, 2, &unsure));
         // A step without the heads' figures waits for the silence.
         assert!(!turn_over(&c, EndOfTurn::PausePrediction, 3, &[]));
+    }
+
+    /// Stages of the first answer to 1 s of loud noise then silence.
+    fn first_stages(c: &CascadeConfig) -> TurnStages {
+        let mut voice = load(c).unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut noise = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for i in 0..100 {
+            let frame: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|_| if i < 12 { noise() } else { 0.0 })
+                .collect();
+            voice.step(&frame).unwrap();
+            if let Some(stages) = voice.take_turn_stages() {
+                return stages;
+            }
+        }
+        panic!("no answer: {}", voice.status());
+    }
+
+    #[test]
+    fn the_stt_delay_is_flushed_ahead_of_real_time_after_the_end_of_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        // The turn ends after 160 ms of quiet; the tiny STT's text lags 480 ms (6 frames),
+        // so 5 frames of its delay are still to run then.
+        let c = CascadeConfig {
+            silence_ms: 160,
+            min_silence_ms: 80,
+            ..tiny(dir.path())
+        };
+        let waiting = first_stages(&CascadeConfig {
+            stt_flush_steps_per_frame: 0,
+            ..c.clone()
+        });
+        assert_eq!(waiting.turn_wait_ms, 80.0, "{waiting:?}");
+        assert_eq!(waiting.stt_final_ms, 400.0, "{waiting:?}");
+        let flushed = first_stages(&CascadeConfig {
+            stt_flush_steps_per_frame: 2,
+            ..c.clone()
+        });
+        // The 5 frames left go 3 a frame (2 flushed besides the real one): the transcript
+        // is final on the frame after the end of turn.
+        assert_eq!(flushed.stt_final_ms, 80.0, "2 steps a frame: {flushed:?}");
+        let at_once = first_stages(&CascadeConfig {
+            stt_flush_steps_per_frame: 8,
+            ..c
+        });
+        assert_eq!(at_once.stt_final_ms, 0.0, "{at_once:?}");
+        assert_eq!(at_once.llm_first_token_ms, 320.0);
     }
 
     #[test]
