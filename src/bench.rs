@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::config::{Backend, Config};
 use crate::service::{Service, start_brain_with};
 use crate::voice;
-use crate::voice::moshi::MoshiDevice;
+use crate::voice::moshi::{MoshiDevice, MoshiDtype};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TickBenchArgs {
@@ -992,6 +992,10 @@ pub struct TurnBenchArgs {
     /// Where the models compute (`cuda` needs a `--features cuda` build and a GPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: MoshiDevice,
+    /// The models' number format (`auto`: bf16 on CUDA, f32 elsewhere; `f16` halves a
+    /// real size's memory on a CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: MoshiDtype,
     /// A Moshi checkpoint (instead of a tiny random one).
     #[arg(long)]
     pub moshi_dir: Option<PathBuf>,
@@ -1121,6 +1125,8 @@ pub async fn run_turn(args: &TurnBenchArgs) -> anyhow::Result<TurnBenchReport> {
     config.voice.sim.reply_delay_ms = args.reply_delay_ms;
     config.voice.moshi.device = args.device;
     config.voice.cascade.device = args.device;
+    config.voice.moshi.dtype = args.dtype;
+    config.voice.cascade.dtype = args.dtype;
     config.voice.cascade.responder_delay_ms = args.responder_delay_ms;
     let wants = |b: Backend| args.voices.contains(&b);
     // Tiny checkpoints go here (each writer makes its own directory).

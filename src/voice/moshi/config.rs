@@ -20,7 +20,7 @@ pub enum MoshiDevice {
 }
 
 /// Number format of the LM's weights and activations (Mimi always computes in f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum MoshiDtype {
     /// bf16 on CUDA, f32 elsewhere.
