@@ -907,6 +907,28 @@ async fn state(client: &Client) -> anyhow::Result<()> {
         );
         rows.insert(4, vec!["moshi".into(), row]);
     }
+    // The cascade: where its answers' time goes, and the last exchange.
+    if v["backend"] == "cascade" {
+        let st = &v["turns"]["stages_ms"];
+        rows.push(vec![
+            "cascade stages".into(),
+            format!(
+                "p50 turn wait {}, stt final {}, llm first token {}, tts first audio {}",
+                ms(&st["turn_wait"]["p50_ms"]),
+                ms(&st["stt_final"]["p50_ms"]),
+                ms(&st["llm_first_token"]["p50_ms"]),
+                ms(&st["tts_first_audio"]["p50_ms"])
+            ),
+        ]);
+        rows.push(vec![
+            "cascade heard".into(),
+            printable(m["last_transcript"].as_str().unwrap_or("")).into_owned(),
+        ]);
+        rows.push(vec![
+            "cascade said".into(),
+            printable(m["last_reply"].as_str().unwrap_or("")).into_owned(),
+        ]);
+    }
     println!("{}", table(&["", ""], &rows).trim_start());
     if let Some(err) = v["last_error"].as_str() {
         println!("last voice error: {}", printable(err));

@@ -510,6 +510,16 @@ async fn served_with_an_llm_the_cascades_words_become_deeds_and_its_stages_reach
     ] {
         assert!(count(stage) >= 1.0, "{stage}");
     }
+    // `creature state` tells the stages and the last exchange.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_creature"))
+        .arg("state")
+        .env("CREATURE_URL", &brain.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("cascade stages"), "{stdout}");
+    assert!(stdout.contains("Okay, I'll bring you the cup."), "{stdout}");
     brain.service.shutdown().await;
 }
 
