@@ -290,7 +290,9 @@ impl CascadeVoice {
                     transcript.push_str(&self.heard);
                 }
                 self.heard = transcript;
-                // The earlier words count towards the turn that goes on.
+            }
+            // The turn goes on, and what was said of it before counts.
+            if reply.mouth_closed.is_some() {
                 self.loud_frames = self.loud_frames.max(MIN_TURN_FRAMES);
             }
         }
@@ -495,12 +497,7 @@ impl CascadeVoice {
         self.loud_run = if loud { self.loud_run + 1 } else { 0 };
 
         // The user talks over the reply, or goes on before it began: it is dropped.
-        if self.loud_run >= self.settings.barge_in_frames
-            && self
-                .reply
-                .as_ref()
-                .is_some_and(|r| r.speaking || r.transcript.is_some() || r.builtin.is_some())
-        {
+        if self.loud_run >= self.settings.barge_in_frames && self.reply.is_some() {
             self.cancel_reply();
         }
 
