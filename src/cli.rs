@@ -920,14 +920,15 @@ async fn state(client: &Client) -> anyhow::Result<()> {
                 ms(&st["tts_first_audio"]["p50_ms"])
             ),
         ]);
-        rows.push(vec![
-            "cascade heard".into(),
-            printable(m["last_transcript"].as_str().unwrap_or("")).into_owned(),
-        ]);
-        rows.push(vec![
-            "cascade said".into(),
-            printable(m["last_reply"].as_str().unwrap_or("")).into_owned(),
-        ]);
+        // The backend's status is refreshed about once a second, when asked for.
+        for (row, key) in [
+            ("cascade heard", "last_transcript"),
+            ("cascade said", "last_reply"),
+        ] {
+            if let Some(text) = m[key].as_str().filter(|t| !t.is_empty()) {
+                rows.push(vec![row.into(), printable(text).into_owned()]);
+            }
+        }
     }
     println!("{}", table(&["", ""], &rows).trim_start());
     if let Some(err) = v["last_error"].as_str() {
