@@ -242,6 +242,11 @@ impl EnergyVad {
         self.active
     }
 
+    /// Whether the last frame itself crossed the threshold (activity without the hangover).
+    pub fn loud(&self) -> bool {
+        self.active && self.quiet_frames == 0
+    }
+
     /// How many frames the current stretch of activity has lasted (0 when inactive).
     pub fn run_frames(&self) -> u32 {
         self.run_frames

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::audio::dbfs;
 use crate::{FRAME_PERIOD, TurnStages};
 
 /// Frames after the end of a user turn with no agent voice before it counts as
@@ -96,12 +95,14 @@ pub struct TurnRecord {
 #[derive(Debug, Clone, Copy)]
 pub struct TurnFrame {
     pub tick: u64,
-    /// RMS of the user's frame.
-    pub user_rms: f32,
+    /// The user's frame crossed the loop's voice threshold ([`EnergyVad::loud`]).
+    ///
+    /// [`EnergyVad::loud`]: crate::audio::EnergyVad::loud
+    pub user_loud: bool,
     /// The loop's voice-activity detector (with its hangover) after this frame.
     pub user_active: bool,
-    /// RMS of the agent's frame.
-    pub agent_rms: f32,
+    /// The agent's frame crossed the loop's speaking threshold.
+    pub agent_loud: bool,
     /// The voice loop's barge-in flag: the user's onset over the speaking agent.
     pub barge_in: bool,
     /// The brain's own latency for this frame, and the model's compute.
@@ -135,12 +136,15 @@ struct OpenTurn {
     burst_counted: bool,
 }
 
+impl Default for TurnTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The turn state machine: feed it every step, in tick order, with [`TurnTracker::frame`].
 #[derive(Debug, Clone)]
 pub struct TurnTracker {
-    user_threshold_dbfs: f32,
-    agent_threshold_dbfs: f32,
-    frame_ms: f64,
     user_was_active: bool,
     /// Quiet agent frames in a row, up to just past [`AGENT_GAP_FRAMES`].
     agent_quiet_frames: u32,
@@ -154,13 +158,9 @@ pub struct TurnTracker {
 }
 
 impl TurnTracker {
-    /// A tracker that hears the user above `user_threshold_dbfs` and the agent above
-    /// `agent_threshold_dbfs` (the loop's own thresholds).
-    pub fn new(user_threshold_dbfs: f32, agent_threshold_dbfs: f32) -> Self {
+    /// A tracker fed the loop's own detectors' verdicts ([`TurnFrame`]).
+    pub fn new() -> Self {
         TurnTracker {
-            user_threshold_dbfs,
-            agent_threshold_dbfs,
-            frame_ms: FRAME_PERIOD.as_secs_f64() * 1000.0,
             user_was_active: false,
             agent_quiet_frames: AGENT_GAP_FRAMES + 1,
             burst_start: None,
@@ -182,7 +182,7 @@ impl TurnTracker {
     }
 
     fn ms(&self, frames: i64) -> f64 {
-        frames as f64 * self.frame_ms
+        frames as f64 * FRAME_PERIOD.as_secs_f64() * 1000.0
     }
 
     /// The backend's stages for the answer beginning on the frame fed next; they go to
@@ -194,8 +194,7 @@ impl TurnTracker {
     /// Take one step's stats; returns what it completed.
     pub fn frame(&mut self, f: TurnFrame) -> TurnUpdate {
         let mut update = TurnUpdate::default();
-        let user_loud = dbfs(f.user_rms) >= self.user_threshold_dbfs;
-        let agent_loud = dbfs(f.agent_rms) >= self.agent_threshold_dbfs;
+        let (user_loud, agent_loud) = (f.user_loud, f.agent_loud);
         if user_loud {
             self.last_user_loud = Some(f.tick);
         }
@@ -358,7 +357,7 @@ mod tests {
     impl Script {
         fn new() -> Self {
             Script {
-                tracker: TurnTracker::new(-42.0, -45.0),
+                tracker: TurnTracker::new(),
                 user_vad: EnergyVad::new(-42.0, HANGOVER),
                 agent_vad: EnergyVad::new(-45.0, HANGOVER),
                 user_was_active: false,
@@ -381,9 +380,9 @@ mod tests {
                 self.agent_was_speaking = agent_speaking;
                 let update = self.tracker.frame(TurnFrame {
                     tick: self.tick,
-                    user_rms,
+                    user_loud: self.user_vad.loud(),
                     user_active,
-                    agent_rms,
+                    agent_loud: self.agent_vad.loud(),
                     barge_in,
                     own: Duration::from_micros(300),
                     compute: Duration::from_millis(2),

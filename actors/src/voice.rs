@@ -843,6 +843,8 @@ struct UserFrame {
     tick: u64,
     samples: Vec<f32>,
     user_rms: f32,
+    /// The frame crossed the voice threshold, and the detector (with its hangover) after it.
+    user_loud: bool,
     user_active: bool,
     taken_at: Instant,
     /// When the frame was due: its tick's deadline (or, ticked by hand, when the tick was
@@ -1044,6 +1046,7 @@ impl Voice {
             tick: n,
             samples,
             user_rms,
+            user_loud: state.user_vad.loud(),
             user_active,
             taken_at: started,
             due,
@@ -1089,10 +1092,7 @@ impl Voice {
             tick: frame.tick,
             user: std::mem::take(&mut frame.samples),
             heard: std::mem::take(&mut state.heard),
-            out: state
-                .outputs
-                .pop()
-                .unwrap_or_else(StepRequest::output_buffer),
+            out: state.outputs.pop().unwrap_or_else(StepOutput::silence),
             want_status,
         };
         match self.worker.try_submit(req) {
@@ -1171,9 +1171,9 @@ impl Voice {
         }
         let turn = state.turns.frame(TurnFrame {
             tick: done.tick,
-            user_rms: frame.user_rms,
+            user_loud: frame.user_loud,
             user_active: frame.user_active,
-            agent_rms,
+            agent_loud: state.agent_vad.loud(),
             barge_in,
             own,
             compute: done.compute,
@@ -1323,9 +1323,9 @@ impl Actor for Voice {
                 .map(|_| vec![0.0; FRAME_SAMPLES])
                 .collect(),
             agent_frames: Vec::with_capacity(AGENT_FRAME_POOL),
-            outputs: (0..2).map(|_| StepRequest::output_buffer()).collect(),
+            outputs: (0..2).map(|_| StepOutput::silence()).collect(),
             steps_since_status: 0,
-            turns: TurnTracker::new(self.config.user_vad_dbfs, self.config.agent_speaking_dbfs),
+            turns: TurnTracker::new(),
         }));
         let ticks = Arc::new(Feed::new(TICK_FEED));
         let ticker = if self.config.manual_ticks {

@@ -36,13 +36,6 @@ pub struct StepRequest {
     pub want_status: bool,
 }
 
-impl StepRequest {
-    /// An output buffer for [`StepRequest::out`]: a silent frame.
-    pub fn output_buffer() -> StepOutput {
-        StepOutput::silence()
-    }
-}
-
 /// What came back from the model thread.
 #[derive(Debug)]
 pub struct StepDone {

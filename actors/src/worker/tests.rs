@@ -100,7 +100,7 @@ fn request(tick: u64, level: f32) -> StepRequest {
         tick,
         user: vec![level; FRAME_SAMPLES],
         heard: Vec::new(),
-        out: StepRequest::output_buffer(),
+        out: StepOutput::silence(),
         want_status: false,
     }
 }
