@@ -1282,7 +1282,7 @@ fn budget_name(backend: &str, per_answer: bool) -> &'static str {
 /// ("mouth closes -> voice starts" = hangover + response), its own latency, and the
 /// barge-in reaction.
 fn side_by_side(report: &TurnBenchReport) -> String {
-    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+    let cell = crate::run::ms;
     let mut out = String::from("turn  start (s)");
     for run in &report.runs {
         out.push_str(&format!(
@@ -1311,13 +1311,9 @@ fn side_by_side(report: &TurnBenchReport) -> String {
                     "",
                     cell(t.response_ms),
                     cell(t.gap_ms),
-                    t.own_ms.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+                    crate::run::own_ms(t.own_ms),
                     cell(t.barge_in_reaction_ms),
-                    match t.outcome {
-                        creature_actors::turns::TurnOutcome::Answered => "answered",
-                        creature_actors::turns::TurnOutcome::NoAnswer => "no answer",
-                        creature_actors::turns::TurnOutcome::TalkedOver => "talked over",
-                    }
+                    t.outcome.label()
                 )),
                 None => out.push_str(&format!("  | {:<6} {:>8}", "", "(none)")),
             }

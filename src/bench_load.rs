@@ -175,7 +175,8 @@ async fn run(
 }
 
 /// One event-stream viewer: reads the stream until stopped, counting events (an SSE
-/// event ends with a blank line); reconnects after a second if the stream ends.
+/// event is a block of fields ending with a blank line; comments are not events);
+/// reconnects after a second if the stream ends.
 async fn view(client: reqwest::Client, url: String, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         match client
@@ -187,11 +188,20 @@ async fn view(client: reqwest::Client, url: String, counts: Arc<Counts>, stop: A
             Ok(response) if response.status().is_success() => {
                 counts.viewers_connected.fetch_add(1, Ordering::Relaxed);
                 let mut response = response;
-                let mut last = 0u8;
+                // A block counts when it holds a field: the keep-alive comments (lines
+                // starting with ':') are not events.
+                let mut last = b'\n';
+                let mut has_field = false;
                 while let Ok(Some(chunk)) = response.chunk().await {
                     for &b in chunk.iter() {
+                        if last == b'\n' && b != b'\n' && b != b':' {
+                            has_field = true;
+                        }
                         if b == b'\n' && last == b'\n' {
-                            counts.events.fetch_add(1, Ordering::Relaxed);
+                            if has_field {
+                                counts.events.fetch_add(1, Ordering::Relaxed);
+                            }
+                            has_field = false;
                         }
                         last = b;
                     }

@@ -321,20 +321,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dir,
             seed,
             q8,
-            kind: TinyKind::Moshi,
-        }) => moshi_tiny(&dir, seed, q8),
-        Command::Moshi(MoshiCommand::Tiny {
-            dir,
-            seed,
-            q8,
-            kind: TinyKind::Stt,
-        }) => stt_tiny(&dir, seed, q8),
-        Command::Moshi(MoshiCommand::Tiny {
-            dir,
-            seed,
-            q8,
-            kind: TinyKind::Tts,
-        }) => tts_tiny(&dir, seed, q8),
+            kind,
+        }) => match kind {
+            TinyKind::Moshi => moshi_tiny(&dir, seed, q8),
+            TinyKind::Stt => cascade_tiny(
+                &dir,
+                seed,
+                q8,
+                "speech-to-text",
+                crate::voice::moshi::stt::write_tiny_stt,
+            ),
+            TinyKind::Tts => cascade_tiny(
+                &dir,
+                seed,
+                q8,
+                "text-to-speech",
+                crate::voice::moshi::tts::write_tiny_tts,
+            ),
+        },
         Command::Moshi(MoshiCommand::Random {
             dir,
             size,
@@ -533,26 +537,26 @@ fn moshi_random(
     Ok(())
 }
 
-#[allow(clippy::print_stdout)]
-fn tts_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> {
-    if q8 {
-        anyhow::bail!("--q8 is for Moshi's LM; the text-to-speech checkpoint is written in f32");
-    }
-    let files = crate::voice::moshi::tts::write_tiny_tts(dir, seed)?;
-    println!("tiny text-to-speech model written to {}", dir.display());
-    for (path, size) in &files {
-        println!("  {:>10} bytes  {}", size, path.display());
-    }
-    Ok(())
-}
+/// Writes a tiny checkpoint into a directory from a seed, listing the files written.
+type TinyWriter = fn(
+    &std::path::Path,
+    u64,
+) -> Result<Vec<(std::path::PathBuf, u64)>, creature_actors::VoiceError>;
 
+/// A tiny checkpoint of one of the cascade's models (`what`), written by `write`.
 #[allow(clippy::print_stdout)]
-fn stt_tiny(dir: &std::path::Path, seed: u64, q8: bool) -> anyhow::Result<()> {
+fn cascade_tiny(
+    dir: &std::path::Path,
+    seed: u64,
+    q8: bool,
+    what: &str,
+    write: TinyWriter,
+) -> anyhow::Result<()> {
     if q8 {
-        anyhow::bail!("--q8 is for Moshi's LM; the speech-to-text checkpoint is written in f32");
+        anyhow::bail!("--q8 is for Moshi's LM; the {what} checkpoint is written in f32");
     }
-    let files = crate::voice::moshi::stt::write_tiny_stt(dir, seed)?;
-    println!("tiny speech-to-text model written to {}", dir.display());
+    let files = write(dir, seed)?;
+    println!("tiny {what} model written to {}", dir.display());
     for (path, size) in &files {
         println!("  {:>10} bytes  {}", size, path.display());
     }
@@ -783,15 +787,6 @@ fn ms(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 #[allow(clippy::print_stdout)]
 async fn actors(client: &Client) -> anyhow::Result<()> {
     let list = client.get("/api/actors").await?;
@@ -891,7 +886,7 @@ async fn state(client: &Client) -> anyhow::Result<()> {
         vec!["faces connected".into(), text(&s["face"]["sockets"])],
         vec![
             "uptime".into(),
-            duration(s["uptime_ms"].as_u64().unwrap_or(0)),
+            crate::top::duration(s["uptime_ms"].as_u64().unwrap_or(0)),
         ],
     ];
     // The local moshi backend: where it runs and how far the conversation is from its reset.
@@ -1125,6 +1120,7 @@ mod tests {
 
     #[test]
     fn durations_read_naturally() {
+        use crate::top::duration;
         assert_eq!(duration(5_400), "5s");
         assert_eq!(duration(125_000), "2m05s");
         assert_eq!(duration(7_500_000), "2h05m");

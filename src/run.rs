@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use creature_actors::histogram::Percentiles;
-use creature_actors::turns::{TurnOutcome, TurnRecord};
+use creature_actors::turns::TurnRecord;
 use creature_actors::voice::{StepTap, TurnsReport};
 use creature_actors::{BrainHandle, FRAME_PERIOD, FRAME_SAMPLES, SAMPLE_RATE};
 use serde::Serialize;
@@ -267,11 +267,8 @@ async fn next_tap(taps: &mut tokio::sync::broadcast::Receiver<StepTap>) -> anyho
 
 async fn drive(brain: &Arc<BrainHandle>, user: &[f32], fast: bool) -> anyhow::Result<RunOutcome> {
     let m = Arc::clone(brain.voice.metrics());
-    let before = (
-        m.steps.load(std::sync::atomic::Ordering::Relaxed),
-        m.overruns.load(std::sync::atomic::Ordering::Relaxed),
-        m.dropped_frames.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let before = (load(&m.steps), load(&m.overruns), load(&m.dropped_frames));
     let compute_before = m.compute.snapshot();
     let mut taps = brain.voice.subscribe_steps();
     let mut out = Collector::new(user.len());
@@ -338,7 +335,6 @@ async fn drive(brain: &Arc<BrainHandle>, user: &[f32], fast: bool) -> anyhow::Re
     }
     out.take_turns(brain);
     let wall = started.elapsed();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let report = RunReport {
         backend: brain.voice.backend(),
         clock: if fast { "virtual" } else { "real-time" },
@@ -361,8 +357,14 @@ async fn drive(brain: &Arc<BrainHandle>, user: &[f32], fast: bool) -> anyhow::Re
 }
 
 /// Milliseconds as the table shows them.
-fn ms(v: Option<f64>) -> String {
+/// A stream-time figure in whole ms, or `-`.
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+/// A wall-time figure (own latency) to the microsecond, or `-`.
+pub(crate) fn own_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
 }
 
 /// The per-turn table `run` prints (and the bench, per backend).
@@ -389,13 +391,9 @@ pub fn turn_table(r: &RunReport) -> String {
             ms(t.barge_in_reaction_ms),
             t.backchannels,
             t.overlap_ms,
-            t.own_ms.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+            own_ms(t.own_ms),
             t.compute_ms.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
-            match t.outcome {
-                TurnOutcome::Answered => "answered",
-                TurnOutcome::NoAnswer => "no answer",
-                TurnOutcome::TalkedOver => "talked over",
-            }
+            t.outcome.label()
         ));
     }
     if r.turns.is_empty() {

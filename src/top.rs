@@ -92,7 +92,8 @@ impl ActorRow {
     }
 }
 
-fn duration(ms: u64) -> String {
+/// A time span as `5s`, `2m05s` or `3h04m`.
+pub(crate) fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..60 => format!("{s}s"),

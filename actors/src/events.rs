@@ -354,11 +354,6 @@ impl EventBus {
     pub fn counters(&self) -> &BusCounters {
         &self.inner.counters
     }
-
-    /// The sequence number the next event will get.
-    pub fn next_seq(&self) -> u64 {
-        self.inner.replay.lock().map(|r| r.1).unwrap_or(0)
-    }
 }
 
 /// The 1 s task that publishes the loop's and the actors' figures, read from lock-free

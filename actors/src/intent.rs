@@ -683,7 +683,7 @@ fn is_filler(word: &str, reading: Reading) -> bool {
         || reading == Reading::Spoken && (word == CLAUSE_BREAK || SPOKEN_FILLERS.contains(&word))
 }
 
-fn starts_with(words: &[String], seq: &[&str]) -> bool {
+pub(crate) fn starts_with(words: &[String], seq: &[&str]) -> bool {
     words.len() >= seq.len() && words.iter().zip(seq).all(|(w, s)| w == s)
 }
 

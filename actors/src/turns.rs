@@ -49,6 +49,17 @@ pub enum TurnOutcome {
     TalkedOver,
 }
 
+impl TurnOutcome {
+    /// As the turn tables print it.
+    pub fn label(self) -> &'static str {
+        match self {
+            TurnOutcome::Answered => "answered",
+            TurnOutcome::NoAnswer => "no answer",
+            TurnOutcome::TalkedOver => "talked over",
+        }
+    }
+}
+
 /// One user turn and what the agent did with it. Times in milliseconds of stream time
 /// (whole frames of 80 ms), except `own_ms` and `compute_ms`, which are wall time.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

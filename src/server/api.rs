@@ -303,17 +303,7 @@ pub(super) async fn cancel_tasks(
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::unprocessable("invalid_body", e.to_string())
-            } else {
-                ApiError::bad_request("malformed_json", e.to_string())
-            }
-        })?
-    };
+    let req: CancelRequest = super::error::optional_json_body(&body)?;
     let mut states = Vec::new();
     match &req.state {
         None => Ok(()),

@@ -25,6 +25,24 @@ struct ErrorBody<'a> {
     detail: &'a str,
 }
 
+/// A request body that may be empty: whitespace gives `T::default()`, anything else must
+/// be JSON of `T` (malformed JSON is 400 `malformed_json`, the wrong fields 422
+/// `invalid_body`).
+pub(super) fn optional_json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::unprocessable("invalid_body", e.to_string())
+        } else {
+            ApiError::bad_request("malformed_json", e.to_string())
+        }
+    })
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
         ApiError {

@@ -178,17 +178,7 @@ pub(super) async fn fail_actor(
              to let operators make an actor fail",
         ));
     }
-    let req: FailRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        FailRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::unprocessable("invalid_body", e.to_string())
-            } else {
-                ApiError::bad_request("malformed_json", e.to_string())
-            }
-        })?
-    };
+    let req: FailRequest = super::error::optional_json_body(&body)?;
     let reason: String =
         creature_actors::text::printable(req.reason.as_deref().unwrap_or("by an operator"))
             .chars()

@@ -130,10 +130,6 @@ impl AppState {
         &self.inner.face_latency
     }
 
-    pub(crate) fn face_latency_arc(&self) -> Arc<creature_actors::histogram::LatencyHistogram> {
-        Arc::clone(&self.inner.face_latency)
-    }
-
     /// The face writers' runtime, if it has its own thread.
     pub(crate) fn face_writers(&self) -> Option<&tokio::runtime::Handle> {
         self.inner.face_writers.as_ref().map(|w| w.handle())

@@ -378,7 +378,7 @@ pub(super) async fn face(
                 sink,
                 stream,
                 rx,
-                state.face_latency_arc(),
+                Arc::clone(&state.inner.face_latency),
                 timing,
                 kicked_or_stopping(evicted(notice), state.stopping()),
                 state.face_writers(),

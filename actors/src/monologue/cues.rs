@@ -135,9 +135,10 @@ pub fn read(phrase: &str) -> Option<WordCue> {
     let mut last_end = 0;
     let mut i = 0;
     while i < w.len() {
-        let Some(&(seq, emotion, value)) = LEXICON.iter().find(|(seq, _, _)| {
-            w.len() - i >= seq.len() && w[i..i + seq.len()].iter().zip(*seq).all(|(a, b)| a == b)
-        }) else {
+        let Some(&(seq, emotion, value)) = LEXICON
+            .iter()
+            .find(|(seq, _, _)| intent::starts_with(&w[i..], seq))
+        else {
             i += 1;
             continue;
         };

@@ -481,7 +481,7 @@ pub(super) fn load_mimi(
     })
 }
 
-pub(super) fn load_tokenizer(path: &Path) -> Result<SentencePieceModel, VoiceError> {
+fn load_tokenizer(path: &Path) -> Result<SentencePieceModel, VoiceError> {
     let bytes = std::fs::read(path).map_err(|e| load_error(path, io_reason(&e)))?;
     SentencePieceModel::parse(&bytes)
         .map_err(|e| load_error(path, format!("not a SentencePiece model: {e}")))

@@ -116,28 +116,13 @@ impl Plan {
             }
             RandomSize::Stt1b => {
                 let stt = stt_1b();
-                let config = json!({
-                    "mimi_name": stt.mimi_name,
-                    "tokenizer_name": stt.tokenizer_name,
-                    "card": stt.card,
-                    "text_card": stt.text_card,
-                    "dim": stt.dim,
-                    "n_q": stt.n_q,
-                    "context": stt.context,
-                    "max_period": stt.max_period,
-                    "num_heads": stt.num_heads,
-                    "num_layers": stt.num_layers,
-                    "causal": stt.causal,
-                    "dep_q": 0,
-                    "delays": [0],
-                    "stt_config": {
-                        "audio_delay_seconds": stt.stt_config.audio_delay_seconds,
-                        "audio_silence_prefix_seconds": stt.stt_config.audio_silence_prefix_seconds,
-                    },
-                    "extra_heads_num_heads": stt.extra_heads_num_heads,
-                    "extra_heads_dim": stt.extra_heads_dim,
-                    "model_type": "stt",
-                });
+                // Kyutai's file also says what the model is and that it has no depformer.
+                let mut config = serde_json::to_value(&stt).unwrap_or_default();
+                if let Some(keys) = config.as_object_mut() {
+                    keys.insert("dep_q".into(), json!(0));
+                    keys.insert("delays".into(), json!([0]));
+                    keys.insert("model_type".into(), json!("stt"));
+                }
                 Plan {
                     lm: stt.lm(),
                     mimi: stt.mimi(),

@@ -27,8 +27,7 @@ use moshi::candle::{DType, Device, Tensor};
 use moshi::candle_nn::VarBuilder;
 use moshi::lm::{self, LmModel};
 use moshi::nn::MaybeQuantizedVarBuilder;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::loader::{self, MimiConfig, first_line, load_error, read_safetensors};
 use super::spm::{SentencePieceModel, TextDecoder};
@@ -45,7 +44,7 @@ pub const STT_TOKENIZER_FILE: &str = "tokenizer_en_fr_audio_8000.model";
 const FRAME_RATE: f64 = 12.5;
 
 /// `config.json` of an STT checkpoint, Kyutai's keys (others are ignored).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SttConfig {
     pub mimi_name: String,
     pub tokenizer_name: String,
@@ -65,7 +64,7 @@ pub struct SttConfig {
     #[serde(default)]
     pub extra_heads_dim: Option<usize>,
     /// Mimi's sizes, where they are not the published ones (tiny checkpoints).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mimi: Option<MimiConfig>,
 }
 
@@ -73,7 +72,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SttTiming {
     /// How far the text stream lags the audio.
     pub audio_delay_seconds: f64,
@@ -418,26 +417,7 @@ pub fn write_tiny_stt(dir: &Path, seed: u64) -> Result<Vec<(PathBuf, u64)>, Voic
     written.file(STT_LM_FILE, lm_weights.save(&dir.join(STT_LM_FILE)))?;
     written.file(STT_MIMI_FILE, mimi_weights.save(&dir.join(STT_MIMI_FILE)))?;
     written.bytes(STT_TOKENIZER_FILE, &vocab.to_bytes())?;
-    let file = json!({
-        "mimi_name": config.mimi_name,
-        "tokenizer_name": config.tokenizer_name,
-        "card": config.card,
-        "text_card": config.text_card,
-        "dim": config.dim,
-        "n_q": config.n_q,
-        "context": config.context,
-        "max_period": config.max_period,
-        "num_heads": config.num_heads,
-        "num_layers": config.num_layers,
-        "causal": config.causal,
-        "stt_config": {
-            "audio_delay_seconds": config.stt_config.audio_delay_seconds,
-            "audio_silence_prefix_seconds": config.stt_config.audio_silence_prefix_seconds,
-        },
-        "extra_heads_num_heads": config.extra_heads_num_heads,
-        "extra_heads_dim": config.extra_heads_dim,
-        "mimi": mimi,
-    });
+    let file = serde_json::to_value(&config).map_err(|e| load_error(dir, e.to_string()))?;
     written.json(loader::CONFIG_FILE, &file)?;
     Ok(written.into_files())
 }
